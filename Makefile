@@ -1,0 +1,33 @@
+# Two commands for a newcomer: `make demo` (main job) and `make test` (suite).
+# Both create or refresh .venv first; nothing is installed by hand.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: venv demo test test-fast lint serve stop key clean
+
+venv:
+	@scripts/setup_venv.sh
+
+demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdicts
+	@scripts/demo.sh
+
+test: venv  ## the whole suite (unit + integration with a real TorchServe)
+	$(PY) -m pytest -q
+
+test-fast: venv  ## unit tests only
+	$(PY) -m pytest -q -m "not integration"
+
+lint: venv
+	.venv/bin/hadolint Dockerfile
+
+serve: venv
+	@scripts/serve.sh start
+
+stop:
+	@scripts/serve.sh stop
+
+key:
+	@scripts/serve.sh key
+
+clean:  ## remove generated data and artifacts (keeps .venv)
+	rm -rf artifacts demo_data logs model_store/*.mar

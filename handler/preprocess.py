@@ -1,0 +1,244 @@
+"""The one definition of how an image becomes the tensor the model sees.
+
+Training evaluation, prediction, export checks and the TorchServe handler all call
+this module, driven by a :class:`PreprocessSpec` that is saved next to the exported
+model (``preprocess.json``) and travels inside the ``.mar``. Nothing here imports
+training code; it needs only numpy, Pillow and torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+SPEC_FILE = "preprocess.json"
+RESIZE_POLICIES = ("squash", "letterbox")
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+TF_INCEPTION_MEAN = (0.5, 0.5, 0.5)  # scales [0, 1] to [-1, 1]
+TF_INCEPTION_STD = (0.5, 0.5, 0.5)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb guard: 50 MP covers any phone photo
+MIN_SIDE = 8
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a usable image; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How to turn any image into the model input.
+
+    Attributes:
+        image_size: side of the square input in pixels (299 for Inception V3; the
+            network is fully convolutional, so larger sizes such as 598 also work).
+        resize: ``squash`` resizes the whole image to a square (nothing is cropped
+            away: watermarks sit in corners); ``letterbox`` keeps the aspect ratio and
+            pads with ``fill``.
+        mean: per-channel mean subtracted after scaling pixels to [0, 1].
+        std: per-channel divisor after subtracting ``mean``.
+        interpolation: ``bilinear`` or ``bicubic``.
+        fill: grey level (0-255) of letterbox padding.
+        max_pixels: images with more pixels are refused (decompression bombs).
+    """
+
+    image_size: int = 299
+    resize: str = "squash"
+    mean: tuple[float, float, float] = TF_INCEPTION_MEAN
+    std: tuple[float, float, float] = TF_INCEPTION_STD
+    interpolation: str = "bilinear"
+    fill: int = 128
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    version: int = field(default=1)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.image_size, int) or not 75 <= self.image_size <= 2048:
+            raise ValueError(f"image_size={self.image_size!r}: allowed is an integer in 75..2048")
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize={self.resize!r}: allowed are {', '.join(RESIZE_POLICIES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation={self.interpolation!r}: allowed are {', '.join(INTERPOLATIONS)}"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+                raise ValueError(f"{name}={values!r}: allowed is a list of three numbers")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std={self.std!r}: every value must be > 0")
+        if not 0 <= self.fill <= 255:
+            raise ValueError(f"fill={self.fill!r}: allowed is 0..255")
+        if self.max_pixels < MIN_SIDE * MIN_SIDE:
+            raise ValueError(f"max_pixels={self.max_pixels!r}: must be at least {MIN_SIDE**2}")
+
+    @classmethod
+    def for_weights(cls, normalization: str, **overrides: Any) -> PreprocessSpec:
+        """Spec whose normalisation matches a weight family (``tf-inception`` or ``imagenet``)."""
+        table = {
+            "tf-inception": (TF_INCEPTION_MEAN, TF_INCEPTION_STD),
+            "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+        }
+        if normalization not in table:
+            raise ValueError(f"normalization={normalization!r}: allowed are {', '.join(table)}")
+        mean, std = table[normalization]
+        return cls(mean=mean, std=std, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys {unknown}: allowed are {sorted(known)}")
+        values = dict(data)
+        for name in ("mean", "std"):
+            if name in values:
+                values[name] = tuple(float(v) for v in values[name])
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreprocessSpec:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: preprocessing spec not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "input") -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB image.
+
+    Any mode becomes RGB (transparency is composited on white, 16-bit is scaled
+    down, CMYK is converted); EXIF orientation is applied; animated images give
+    their first frame.
+
+    Raises:
+        ImageDecodeError: empty or undecodable data (400), more than ``max_pixels``
+            pixels (413), or a side shorter than 8 pixels (400). ``source`` names the
+            input in the message.
+    """
+    if not data:
+        raise ImageDecodeError(f"{source}: empty body; send the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{source}: {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
+                    status=413,
+                )
+            image.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{source}: image too large ({exc})", status=413) from None
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise ImageDecodeError(
+            f"{source}: not a decodable image ({type(exc).__name__}: {exc}); "
+            "allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
+        ) from None
+    if min(image.size) < MIN_SIDE:
+        raise ImageDecodeError(f"{source}: {image.size[0]}x{image.size[1]} is too small; each side must be >= {MIN_SIDE} px")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not reject an otherwise fine photo
+        pass
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparent pixels become white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def load_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read and decode one image file (errors name the file)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, max_pixels=max_pixels, source=str(path))
+
+
+def resize_for_model(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Resize an RGB image to ``spec.image_size`` squared by the spec's policy."""
+    size = spec.image_size
+    resample = INTERPOLATIONS[spec.interpolation]
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    if spec.resize == "squash":
+        if image.size == (size, size):
+            return image
+        return image.resize((size, size), resample=resample, reducing_gap=3.0)
+    width, height = image.size
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    resized = image.resize((new_w, new_h), resample=resample, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), (spec.fill,) * 3)
+    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    return canvas
+
+
+def image_to_tensor(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    """RGB image -> normalised float tensor ``[3, S, S]`` as the model expects."""
+    resized = resize_for_model(image, spec)
+    array = np.asarray(resized, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+def bytes_to_tensor(data: bytes, spec: PreprocessSpec, *, source: str = "input") -> torch.Tensor:
+    """Decode + resize + normalise in one call (what the handler does per request)."""
+    return image_to_tensor(decode_image(data, max_pixels=spec.max_pixels, source=source), spec)
+
+
+def sigmoid(logit: float) -> float:
+    """Numerically safe logistic function for one logit."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)

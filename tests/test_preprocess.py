@@ -1,0 +1,154 @@
+"""The one preprocessing definition: decoding any input, the tensor, the spec file."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handler.preprocess import (
+    ImageDecodeError,
+    PreprocessSpec,
+    bytes_to_tensor,
+    decode_image,
+    image_to_tensor,
+    load_image_file,
+    resize_for_model,
+)
+
+SPEC = PreprocessSpec(image_size=75)
+
+
+def encode(image: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def red_left_image(mode: str = "RGB", size=(40, 20)) -> Image.Image:
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:, : size[0] // 2] = (255, 0, 0)
+    return Image.fromarray(arr, "RGB").convert(mode) if mode != "RGB" else Image.fromarray(arr, "RGB")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression-bomb probe)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "CMYK", "LA", "I;16", "1"])
+def test_any_mode_becomes_rgb(mode: str) -> None:
+    if mode == "I;16":
+        arr = (np.linspace(0, 65535, 40 * 20).reshape(20, 40)).astype(np.uint16)
+        image = Image.fromarray(arr)
+        data = encode(image, "PNG")
+    else:
+        image = red_left_image(mode)
+        data = encode(image, "JPEG" if mode == "CMYK" else "PNG")
+    decoded = decode_image(data)
+    assert decoded.mode == "RGB" and decoded.size == (40, 20)
+    if mode == "I;16":
+        values = np.asarray(decoded)[:, :, 0]
+        assert values.min() < 10 and values.max() > 245  # 16-bit range scaled, not clipped
+
+
+def test_transparent_pixels_become_white() -> None:
+    image = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    assert np.asarray(decode_image(encode(image, "PNG"))).min() == 255
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = red_left_image(size=(40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    decoded = decode_image(encode(image, "JPEG", exif=exif.tobytes(), quality=95))
+    assert decoded.size == (20, 40)
+    top = np.asarray(decoded)[:5].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 60  # red half now on top
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert np.asarray(decode_image(buf.getvalue()))[10, 10, 0] > 200
+
+
+@pytest.mark.parametrize(
+    "data, status, words",
+    [
+        (b"", 400, "empty"),
+        (b"hello, I am text", 400, "not a decodable image"),
+        (b"<html><body>hi</body></html>", 400, "not a decodable image"),
+        (encode(Image.new("RGB", (1, 1)), "PNG"), 400, "too small"),
+        (png_header_only(30_000, 30_000), 413, "pixels"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(data: bytes, status: int, words: str) -> None:
+    with pytest.raises(ImageDecodeError, match=words) as info:
+        decode_image(data, source="upload.bin")
+    assert info.value.status == status
+    assert "upload.bin" in str(info.value)
+
+
+def test_truncated_jpeg_is_rejected() -> None:
+    data = encode(Image.new("RGB", (300, 300), (10, 200, 30)), "JPEG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(data[: len(data) // 2])
+
+
+def test_tensor_matches_the_spec() -> None:
+    image = Image.new("RGB", (120, 80), (255, 0, 128))
+    tensor = image_to_tensor(image, SPEC)
+    assert tensor.shape == (3, 75, 75) and tensor.dtype == torch.float32
+    assert torch.allclose(tensor[:, 0, 0], torch.tensor([1.0, -1.0, 128 / 255 * 2 - 1]), atol=1e-6)
+    imagenet = PreprocessSpec.for_weights("imagenet", image_size=75)
+    t2 = image_to_tensor(image, imagenet)
+    assert torch.allclose(t2[0, 0, 0], torch.tensor((1.0 - 0.485) / 0.229), atol=1e-5)
+
+
+def test_letterbox_keeps_aspect_and_pads() -> None:
+    spec = PreprocessSpec(image_size=100, resize="letterbox", fill=0)
+    out = resize_for_model(Image.new("RGB", (200, 100), (255, 255, 255)), spec)
+    arr = np.asarray(out)
+    assert out.size == (100, 100)
+    assert arr[0, 50].max() == 0 and arr[50, 50].min() == 255  # padded top, content centre
+
+
+def test_bytes_to_tensor_equals_file_path(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    red_left_image().save(path)
+    a = bytes_to_tensor(path.read_bytes(), SPEC)
+    b = image_to_tensor(load_image_file(path), SPEC)
+    assert torch.equal(a, b)
+
+
+def test_spec_roundtrip_and_validation(tmp_path: Path) -> None:
+    spec = PreprocessSpec.for_weights("imagenet", image_size=598, resize="letterbox")
+    path = tmp_path / "preprocess.json"
+    path.write_text(json.dumps(spec.to_dict()))
+    assert PreprocessSpec.load(path) == spec
+    with pytest.raises(ValueError, match="resize='crop'"):
+        PreprocessSpec(resize="crop")
+    with pytest.raises(ValueError, match="image_size=10"):
+        PreprocessSpec(image_size=10)
+    path.write_text(json.dumps({"image_size": 299, "colour": "red"}))
+    with pytest.raises(ValueError, match="colour"):
+        PreprocessSpec.load(path)
+    with pytest.raises(FileNotFoundError, match="nothere.json"):
+        PreprocessSpec.load(tmp_path / "nothere.json")
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="nope.jpg"):
+        load_image_file(tmp_path / "nope.jpg")

@@ -1,0 +1,150 @@
+"""Export: trace the eval-mode model to TorchScript, check parity, write the bundle.
+
+The export folder is everything serving needs (``scripts/create_mar.sh`` packs it):
+
+* ``model.pt`` — TorchScript; input ``[N, 3, S, S]`` normalised per the spec,
+  output plain logits ``[N, 1]``;
+* ``preprocess.json`` — the :class:`~handler.preprocess.PreprocessSpec`;
+* ``threshold.json`` — the decision threshold on the probability and the rule
+  that chose it;
+* ``model_info.json`` — provenance: weights, metrics, training parameters.
+
+The folder is built beside the target and renamed into place, so a failed export
+never leaves a half-written bundle that a later step could trust.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from handler.preprocess import SPEC_FILE, PreprocessSpec
+
+MODEL_FILE = "model.pt"
+THRESHOLD_FILE = "threshold.json"
+INFO_FILE = "model_info.json"
+DEFAULT_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The traced model disagrees with the eager one, or the bundle is invalid."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def trace_model(model: nn.Module, spec: PreprocessSpec) -> torch.jit.ScriptModule:
+    """``torch.jit.trace`` of the eval-mode model on a batch of two at the spec's size."""
+    model = model.eval()
+    example = torch.zeros(2, 3, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+def parity_max_diff(
+    eager: nn.Module, traced: torch.jit.ScriptModule, inputs: Sequence[torch.Tensor]
+) -> float:
+    """Largest absolute logit difference between the eager and traced models."""
+    eager.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for batch in inputs:
+            a, b = eager(batch), traced(batch)
+            if a.shape != b.shape or a.shape[1:] != (1,):
+                raise ExportError(f"output shapes differ or are not [N, 1]: eager {tuple(a.shape)}, traced {tuple(b.shape)}")
+            worst = max(worst, float((a - b).abs().max()))
+    return worst
+
+
+def parity_inputs(spec: PreprocessSpec, real: torch.Tensor | None = None, *, seed: int = 0) -> list[torch.Tensor]:
+    """Batches of size 1 and 3 (different from the trace batch), random and real."""
+    gen = torch.Generator().manual_seed(seed)
+    size = spec.image_size
+    batches = [torch.randn(1, 3, size, size, generator=gen), torch.randn(3, 3, size, size, generator=gen)]
+    if real is not None and len(real):
+        batches.append(real[:4])
+    return batches
+
+
+def export_model(
+    model: nn.Module,
+    spec: PreprocessSpec,
+    threshold: dict[str, Any],
+    out_dir: Path,
+    *,
+    info: dict[str, Any] | None = None,
+    real_inputs: torch.Tensor | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> dict[str, Any]:
+    """Trace, parity-check and write the export bundle to ``out_dir`` atomically.
+
+    Args:
+        model: module mapping normalised pixels to logits ``[N, 1]``.
+        spec: the preprocessing the model was trained with.
+        threshold: at least ``{"threshold": p}`` with ``0 < p < 1``, plus the rule.
+        out_dir: target folder; replaced as a whole when it exists.
+        info: provenance written to ``model_info.json``.
+        real_inputs: a few preprocessed real images for the parity check.
+        tolerance: largest allowed absolute logit difference (traced vs eager).
+
+    Returns:
+        ``{"max_abs_diff": ..., "tolerance": ..., "path": ...}``.
+
+    Raises:
+        ExportError: parity above ``tolerance`` (nothing is written).
+    """
+    value = threshold.get("threshold")
+    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"threshold={value!r}: allowed is a probability strictly between 0 and 1")
+    traced = trace_model(model, spec)
+    diff = parity_max_diff(model, traced, parity_inputs(spec, real_inputs))
+    if not diff <= tolerance:
+        raise ExportError(f"traced model differs from eager by {diff:.3g} > tolerance {tolerance:.3g}; nothing exported")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{int(time.time() * 1000)}")
+    staging.mkdir()
+    try:
+        traced.save(str(staging / MODEL_FILE))
+        write_json_atomic(staging / SPEC_FILE, spec.to_dict())
+        write_json_atomic(staging / THRESHOLD_FILE, threshold)
+        parity = {"max_abs_diff": diff, "tolerance": tolerance}
+        write_json_atomic(staging / INFO_FILE, {**(info or {}), "parity": parity})
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"max_abs_diff": diff, "tolerance": tolerance, "path": str(out_dir)}
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging``; the old folder is removed only after the swap."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{int(time.time() * 1000)}")
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_export(export_dir: Path) -> tuple[torch.jit.ScriptModule, PreprocessSpec, dict[str, Any]]:
+    """Load a bundle back (for prediction and checks); errors name the missing file."""
+    export_dir = Path(export_dir)
+    for name in (MODEL_FILE, SPEC_FILE, THRESHOLD_FILE):
+        if not (export_dir / name).is_file():
+            raise FileNotFoundError(f"{export_dir / name}: missing; run `python -m train train` or `python -m train export` first")
+    model = torch.jit.load(str(export_dir / MODEL_FILE), map_location="cpu").eval()
+    spec = PreprocessSpec.load(export_dir / SPEC_FILE)
+    threshold = json.loads((export_dir / THRESHOLD_FILE).read_text(encoding="utf-8"))
+    return model, spec, threshold

@@ -1,0 +1,141 @@
+"""Classification metrics, threshold rules and the plots logged to MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+THRESHOLD_RULES = ("target-fpr", "max-f1", "target-precision")
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    threshold: float
+    rule: str
+    target: float | None
+    note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "rule": self.rule, "target": self.target, "note": self.note}
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, FPR, ROC-AUC and AP at ``threshold``."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs >= threshold
+    tp = int(np.sum(pred & (labels == 1)))
+    fp = int(np.sum(pred & (labels == 0)))
+    fn = int(np.sum(~pred & (labels == 1)))
+    tn = int(np.sum(~pred & (labels == 0)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    both = len(set(labels.tolist())) == 2
+    return {
+        "accuracy": (tp + tn) / max(1, len(labels)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
+        "average_precision": float(average_precision_score(labels, probs)) if both else float("nan"),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def _candidates(probs: np.ndarray) -> np.ndarray:
+    """Thresholds halfway between consecutive distinct scores (plus the ends)."""
+    values = np.unique(np.asarray(probs, dtype=np.float64))
+    mids = (values[:-1] + values[1:]) / 2 if len(values) > 1 else values
+    return np.unique(np.concatenate([mids, [values[0] / 2, (values[-1] + 1) / 2]]))
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None) -> ThresholdChoice:
+    """Pick the decision threshold on validation scores.
+
+    Rules:
+        ``target-fpr`` (default): the lowest threshold whose false-positive rate on
+            the validation negatives (real clean photos) is at most ``target``
+            (default 0.02). Robust when positives are synthetic.
+        ``max-f1``: the threshold with the best F1 (ties: the higher threshold).
+        ``target-precision``: the lowest threshold with precision >= ``target``
+            (default 0.95); falls back to max-F1 with a note when unreachable.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule {rule!r}: allowed are {', '.join(THRESHOLD_RULES)}")
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError("choosing a threshold needs validation images of both classes")
+    cands = _candidates(probs)
+    table = [(t, binary_metrics(labels, probs, t)) for t in cands]
+    if rule == "target-fpr":
+        target = 0.02 if target is None else target
+        if not 0.0 <= target < 1.0:
+            raise ValueError(f"target FPR {target!r}: allowed is 0 <= target < 1")
+        ok = [(t, m) for t, m in table if m["fpr"] <= target]
+        t, m = min(ok, key=lambda tm: tm[0])
+        return ThresholdChoice(float(t), rule, target, f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}")
+    best_f1_t, best_f1_m = max(table, key=lambda tm: (tm[1]["f1"], tm[0]))
+    if rule == "max-f1":
+        return ThresholdChoice(float(best_f1_t), rule, None, f"validation F1 {best_f1_m['f1']:.3f}")
+    target = 0.95 if target is None else target
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target precision {target!r}: allowed is 0 < target <= 1")
+    ok = [(t, m) for t, m in table if m["precision"] >= target and m["tp"] > 0]
+    if not ok:
+        return ThresholdChoice(
+            float(best_f1_t), rule, target, f"precision {target} unreachable on validation; used max-F1 threshold"
+        )
+    t, m = min(ok, key=lambda tm: tm[0])
+    return ThresholdChoice(float(t), rule, target, f"validation precision {m['precision']:.3f}, recall {m['recall']:.3f}")
+
+
+def confusion_figure(metrics: dict[str, float], title: str = "confusion matrix"):
+    """Matplotlib figure of the 2x2 confusion matrix (rows: truth, cols: prediction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
+    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    ax.imshow(grid, cmap="Blues")
+    for (r, c), v in np.ndenumerate(grid):
+        ax.text(c, r, str(int(v)), ha="center", va="center", fontsize=12)
+    ax.set_xticks([0, 1], ["clean", "watermark"])
+    ax.set_yticks([0, 1], ["clean", "watermark"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float):
+    """Matplotlib figure of the precision-recall curve with the chosen threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    precision, recall, _ = precision_recall_curve(labels, probs)
+    at = binary_metrics(labels, probs, threshold)
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    ax.plot(recall, precision)
+    ax.scatter([at["recall"]], [at["precision"]], color="red", zorder=3, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower left")
+    ax.set_title("precision-recall (validation)")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,167 @@
+"""The classifier: torchvision Inception V3 with one-logit heads, split into blocks.
+
+The network is run block by block so that training can start from cached features
+of the frozen lower blocks (:mod:`train.cache`) and the exported model is exactly
+the same computation from pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from train import weights as weights_lib
+
+# Order of the feature blocks of torchvision's Inception3 (the aux head branches
+# off after Mixed_6e).
+BLOCKS: tuple[str, ...] = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
+    "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2",
+    "Mixed_5b", "Mixed_5c", "Mixed_5d",
+    "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+    "Mixed_7a", "Mixed_7b", "Mixed_7c",
+)  # fmt: skip
+AUX_AFTER = "Mixed_6e"
+POOLS = ("avg", "max", "avgmax")
+HEAD = "head"  # pseudo block name: only the classifier heads train
+
+
+class WatermarkNet(nn.Module):
+    """Inception V3 backbone + one-logit head with a configurable global pool.
+
+    ``pool="avgmax"`` concatenates global average and global max pooling of the
+    last feature map: a small, local watermark moves the max even when it barely
+    moves the average.
+    """
+
+    def __init__(self, *, pool: str = "avgmax", dropout: float = 0.5) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"pool={pool!r}: allowed are {', '.join(POOLS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r}: allowed is 0 <= dropout < 1")
+        self.pool = pool
+        net = torchvision.models.inception_v3(
+            weights=None, aux_logits=True, init_weights=False, transform_input=False, num_classes=1
+        )
+        net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, 1)
+        width = 2048 * (2 if pool == "avgmax" else 1)
+        net.fc = nn.Linear(width, 1)
+        net.dropout = nn.Dropout(dropout)
+        self.net = net
+
+    def block(self, name: str) -> nn.Module:
+        return getattr(self.net, name)
+
+    def features(self, x: torch.Tensor, *, start: int = 0, stop: int = len(BLOCKS)) -> torch.Tensor:
+        """Run blocks ``BLOCKS[start:stop]`` on ``x`` (no aux head)."""
+        for name in BLOCKS[start:stop]:
+            x = self.block(name)(x)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Global pool + dropout + fc: last feature map -> logits ``[N, 1]``."""
+        if self.pool == "avg":
+            pooled = F.adaptive_avg_pool2d(x, 1)
+        elif self.pool == "max":
+            pooled = F.adaptive_max_pool2d(x, 1)
+        else:
+            pooled = torch.cat([F.adaptive_avg_pool2d(x, 1), F.adaptive_max_pool2d(x, 1)], dim=1)
+        return self.net.fc(self.net.dropout(torch.flatten(pooled, 1)))
+
+    def forward_from(
+        self, x: torch.Tensor, start: int = 0, *, with_aux: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (and aux logits when asked and reachable) from block ``start`` on."""
+        aux = None
+        aux_index = BLOCKS.index(AUX_AFTER) + 1
+        if with_aux and start < aux_index:
+            x = self.features(x, start=start, stop=aux_index)
+            aux = self.net.AuxLogits(x)
+            x = self.features(x, start=aux_index)
+        else:
+            x = self.features(x, start=start)
+        return self.head(x), aux
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (normalised per the preprocessing spec) -> logits ``[N, 1]``."""
+        return self.forward_from(x, 0)[0]
+
+
+def block_index(name: str) -> int:
+    """Index of a block name in :data:`BLOCKS`; ``head`` means after all blocks."""
+    if name == HEAD:
+        return len(BLOCKS)
+    if name not in BLOCKS:
+        raise ValueError(f"block {name!r}: allowed are {HEAD!r} or one of {', '.join(BLOCKS)}")
+    return BLOCKS.index(name)
+
+
+def build_model(weights: str, *, pool: str = "avgmax", dropout: float = 0.5) -> tuple[WatermarkNet, str]:
+    """Build the classifier and load backbone weights.
+
+    Returns:
+        The model and the input normalisation its weights expect.
+    """
+    model = WatermarkNet(pool=pool, dropout=dropout)
+    normalization = weights_lib.load_pretrained_backbone(model.net, weights)
+    return model, normalization
+
+
+def set_trainable(model: WatermarkNet, first_trainable: str) -> list[str]:
+    """Freeze every block before ``first_trainable``; train it and all after it.
+
+    The heads (``fc``, and the aux head when ``Mixed_6e`` trains) always train.
+    Returns the names of the trainable parts.
+    """
+    first = block_index(first_trainable)
+    trainable: list[str] = []
+    for i, name in enumerate(BLOCKS):
+        on = i >= first
+        model.block(name).requires_grad_(on)
+        if on:
+            trainable.append(name)
+    aux_on = first <= BLOCKS.index(AUX_AFTER)
+    model.net.AuxLogits.requires_grad_(aux_on)
+    if aux_on:
+        trainable.append("AuxLogits")
+    model.net.fc.requires_grad_(True)
+    trainable.append("fc")
+    return trainable
+
+
+def set_train_mode(model: WatermarkNet, first_trainable: str) -> None:
+    """Training mode for trainable parts; frozen blocks keep eval-mode batch norm."""
+    model.train()
+    first = block_index(first_trainable)
+    for name in BLOCKS[:first]:
+        model.block(name).eval()
+    if first > BLOCKS.index(AUX_AFTER):
+        model.net.AuxLogits.eval()
+
+
+def parameter_groups(
+    model: WatermarkNet, *, lr: float, backbone_lr_mult: float, weight_decay: float
+) -> list[dict]:
+    """AdamW groups: heads at ``lr``, unfrozen backbone blocks at ``lr * backbone_lr_mult``.
+
+    All parameters are listed (frozen ones simply get no gradient), so the optimizer
+    state stays valid when a later stage unfreezes more blocks.
+    """
+    head_ids = {id(p) for p in model.net.fc.parameters()} | {
+        id(p) for p in model.net.AuxLogits.fc.parameters()
+    }
+    heads = [p for p in model.parameters() if id(p) in head_ids]
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    return [
+        {"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"},
+        {"params": rest, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"},
+    ]
+
+
+def trainable_names(names: Sequence[str]) -> str:
+    return ",".join(names)

@@ -1,0 +1,496 @@
+"""The training loop: staged fine-tuning, checkpoints, early stop, MLflow, export.
+
+``train(config)`` is the single entry point used by the ``train`` command (and by
+tuning later): it returns the best validation score so callers can compare runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from handler.preprocess import PreprocessSpec
+from train import cache as cache_lib
+from train import data as data_lib
+from train import export as export_lib
+from train import metrics as metrics_lib
+from train import model as model_lib
+
+log = logging.getLogger(__name__)
+
+SELECT_METRICS = ("roc_auc", "average_precision", "f1")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in checkpoints and MLflow)."""
+
+    data: str
+    output: str = "artifacts"
+    weights: str = "fid-inception"
+    image_size: int = 299
+    resize: str = "squash"
+    pool: str = "avgmax"
+    dropout: float = 0.5
+    epochs: int = 6
+    head_epochs: int = 1
+    unfreeze_from: str = "Mixed_6a"
+    batch_size: int = 16
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.3
+    weight_decay: float = 1e-4
+    pos_weight: str = "auto"
+    aux_weight: float = 0.4
+    augment: bool = True
+    val_fraction: float = 0.2
+    seed: int = 0
+    patience: int = 3
+    select_metric: str = "roc_auc"
+    threshold_rule: str = "target-fpr"
+    threshold_target: float | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+    tracking_uri: str | None = None
+    experiment: str = "watermark"
+    run_name: str | None = None
+    resume: bool = False
+    progress: bool = True
+    export: bool = True
+    export_tolerance: float = export_lib.DEFAULT_TOLERANCE
+
+    def validate(self) -> None:
+        """Check values at the edge; every message names the option and what is allowed."""
+        positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size}
+        for name, value in positive_ints.items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+        if not 0 <= self.head_epochs <= self.epochs:
+            raise ValueError(f"--head-epochs {self.head_epochs}: allowed is 0..--epochs ({self.epochs})")
+        if self.patience < 1:
+            raise ValueError(f"--patience {self.patience}: must be >= 1")
+        for name in ("lr", "backbone_lr_mult"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive number")
+        if self.weight_decay < 0 or self.aux_weight < 0:
+            raise ValueError("--weight-decay and --aux-weight must be >= 0")
+        if self.pos_weight != "auto":
+            try:
+                ok = float(self.pos_weight) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"--pos-weight {self.pos_weight!r}: allowed is 'auto' or a positive number")
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"--select-metric {self.select_metric!r}: allowed are {', '.join(SELECT_METRICS)}")
+        if self.threshold_rule not in metrics_lib.THRESHOLD_RULES:
+            raise ValueError(
+                f"--threshold-rule {self.threshold_rule!r}: allowed are {', '.join(metrics_lib.THRESHOLD_RULES)}"
+            )
+        model_lib.block_index(self.unfreeze_from)
+        if self.unfreeze_from == model_lib.HEAD and self.head_epochs != self.epochs:
+            log.info("--unfreeze-from head: every epoch trains the heads only")
+        PreprocessSpec(image_size=self.image_size, resize=self.resize)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; allowed are {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    best_score: float
+    select_metric: str
+    val_metrics: dict[str, float]
+    threshold: dict[str, Any]
+    epochs_run: int
+    export_dir: str | None
+    run_id: str | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def output_paths(config: TrainConfig) -> dict[str, Path]:
+    root = Path(config.output)
+    return {
+        "root": root,
+        "checkpoints": root / "checkpoints",
+        "export": root / "export",
+        "reports": root / "reports",
+        "cache": Path(config.cache_dir) if config.cache_dir else root / "cache",
+        "mlflow": root / "mlflow",
+    }
+
+
+def default_tracking_uri(output: Path) -> str:
+    """Embedded MLflow store (SQLite file, no server) under the output folder."""
+    return f"sqlite:///{(output / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def save_checkpoint_atomic(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def resolve_pos_weight(config: TrainConfig, samples: list[data_lib.Sample]) -> float:
+    if config.pos_weight != "auto":
+        return float(config.pos_weight)
+    positives = sum(s.label for s in samples)
+    return (len(samples) - positives) / max(1, positives)
+
+
+def stage_block(config: TrainConfig, epoch: int) -> str:
+    """First trainable block for an epoch: heads only during the first stage."""
+    return model_lib.HEAD if epoch < config.head_epochs else config.unfreeze_from
+
+
+def make_items(samples: list[data_lib.Sample], views: tuple[str, ...]) -> list[tuple[data_lib.Sample, str]]:
+    return [(s, v) for s in samples for v in views]
+
+
+def build_inputs(
+    model: model_lib.WatermarkNet,
+    items: list[tuple[data_lib.Sample, str]],
+    spec: PreprocessSpec,
+    config: TrainConfig,
+    cut: int,
+    desc: str,
+) -> tuple[Dataset, int]:
+    """Dataset of model inputs and the block index they enter at (0 = pixels)."""
+    if config.cache and cut > 0:
+        paths = output_paths(config)
+        dataset = cache_lib.cached_features(
+            model, items, spec, stop=cut, cache_dir=paths["cache"], progress=config.progress, desc=desc
+        )
+        return dataset, cut
+    return cache_lib.PixelDataset(items, spec), 0
+
+
+def predict_probs(model: model_lib.WatermarkNet, dataset: Dataset, start: int, batch_size: int) -> np.ndarray:
+    """Sigmoid probabilities in eval mode, in dataset order."""
+    model.eval()
+    out: list[np.ndarray] = []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    with torch.inference_mode():
+        for inputs, _ in loader:
+            logits, _ = model.forward_from(inputs, start)
+            out.append(torch.sigmoid(logits).squeeze(1).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def train_one_epoch(
+    model: model_lib.WatermarkNet,
+    loader: DataLoader,
+    start: int,
+    first_trainable: str,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    aux_weight: float,
+    *,
+    desc: str,
+    progress: bool,
+) -> float:
+    """One pass over the training batches; returns the mean loss."""
+    model_lib.set_trainable(model, first_trainable)
+    model_lib.set_train_mode(model, first_trainable)
+    total, count = 0.0, 0
+    with_aux = aux_weight > 0 and model_lib.block_index(first_trainable) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
+    bar = tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False)
+    for inputs, labels in bar:
+        labels = labels.float().unsqueeze(1)
+        optimizer.zero_grad(set_to_none=True)
+        logits, aux = model.forward_from(inputs, start, with_aux=with_aux)
+        loss = criterion(logits, labels)
+        if aux is not None:
+            loss = loss + aux_weight * criterion(aux, labels)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(labels)
+        count += len(labels)
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return total / max(1, count)
+
+
+def evaluate_split(
+    model: model_lib.WatermarkNet, dataset: Dataset, start: int, config: TrainConfig, labels: np.ndarray
+) -> tuple[dict[str, float], metrics_lib.ThresholdChoice, np.ndarray]:
+    probs = predict_probs(model, dataset, start, config.batch_size)
+    choice = metrics_lib.choose_threshold(labels, probs, config.threshold_rule, config.threshold_target)
+    scores = metrics_lib.binary_metrics(labels, probs, choice.threshold)
+    eps = 1e-7
+    clipped = np.clip(probs, eps, 1 - eps)
+    scores["loss"] = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    scores["threshold"] = choice.threshold
+    return scores, choice, probs
+
+
+def _score(metrics: dict[str, float], name: str) -> float:
+    value = metrics.get(name, float("nan"))
+    return -1.0 if value is None or math.isnan(value) else float(value)
+
+
+# ---------------------------------------------------------------- mlflow
+
+
+class Tracker:
+    """Thin MLflow wrapper: one run, resumable; imported lazily (no side effects at import)."""
+
+    def __init__(self, config: TrainConfig, run_id: str | None) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        paths = output_paths(config)
+        uri = config.tracking_uri or default_tracking_uri(paths["root"])
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(config.experiment)
+        if experiment is None:
+            location = None
+            if not config.tracking_uri:
+                location = (paths["mlflow"] / "artifacts").resolve().as_uri()
+            experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        self.run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=config.run_name)
+        self.run_id = self.run.info.run_id
+        self.uri = uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = self.mlflow.get_run(self.run_id).data.params
+        fresh = {k: str(v)[:500] for k, v in params.items() if k not in existing}
+        if fresh:
+            self.mlflow.log_params(fresh)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.mlflow.log_metrics(clean, step=step)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.mlflow.log_figure(figure, name)
+        plt.close(figure)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.mlflow.log_artifacts(str(folder), artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
+
+
+# ---------------------------------------------------------------- main loop
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, select the best epoch, choose the threshold, export; returns the best score."""
+    config.validate()
+    paths = output_paths(config)
+    for key in ("root", "checkpoints", "reports"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    last_path = paths["checkpoints"] / "last.pt"
+    best_path = paths["checkpoints"] / "best.pt"
+
+    resume_state = None
+    if config.resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"--resume: {last_path} does not exist; start without --resume")
+        resume_state = torch.load(last_path, map_location="cpu", weights_only=False)
+        _check_resume_config(resume_state["config"], config)
+    elif last_path.exists():
+        log.info("starting fresh: %s will be overwritten (use --resume to continue it)", last_path)
+
+    seed_everything(config.seed)
+    splits = data_lib.load_splits(Path(config.data), val_fraction=config.val_fraction, seed=config.seed)
+    skipped_csv = data_lib.write_skipped_report(splits.skipped, paths["reports"] / "skipped.csv")
+    counts = {
+        "train_positive": sum(s.label for s in splits.train),
+        "train_negative": sum(1 - s.label for s in splits.train),
+        "val_positive": sum(s.label for s in splits.val),
+        "val_negative": sum(1 - s.label for s in splits.val),
+        "skipped_files": len(splits.skipped),
+    }
+    log.info("data: %s (validation from %s); skipped %d files, listed in %s", counts, splits.val_source, len(splits.skipped), skipped_csv)
+
+    model, normalization = model_lib.build_model(config.weights, pool=config.pool, dropout=config.dropout)
+    spec = PreprocessSpec.for_weights(normalization, image_size=config.image_size, resize=config.resize)
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+
+    cut = model_lib.block_index(config.unfreeze_from) if config.cache else 0
+    cut = min(cut, len(model_lib.BLOCKS))
+    views = cache_lib.VIEWS if config.augment else ("orig",)
+    t0 = time.time()
+    # Features of the frozen blocks come from the pretrained (resumed) weights, which
+    # stay unchanged for the whole run because those blocks never train.
+    train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, "cache train")
+    val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, "cache val")
+    cache_seconds = time.time() - t0
+    val_labels = np.array([s.label for s in splits.val], dtype=int)
+    train_groups = [s.group for s, _ in make_items(splits.train, views)]
+    sampler = data_lib.PairBatchSampler(train_groups, config.batch_size, seed=config.seed)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=0)
+
+    pos_weight = resolve_pos_weight(config, splits.train)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+    optimizer = torch.optim.AdamW(
+        model_lib.parameter_groups(model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay)
+    )
+
+    history: list[dict[str, float]] = []
+    best_score, bad_epochs, first_epoch = -math.inf, 0, 0
+    run_id = None
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        history = resume_state["history"]
+        best_score, bad_epochs = resume_state["best_score"], resume_state["bad_epochs"]
+        first_epoch = resume_state["epoch"] + 1
+        run_id = resume_state.get("run_id")
+        torch.set_rng_state(resume_state["torch_rng"])
+        log.info("resuming after epoch %d (best %s %.4f)", first_epoch, config.select_metric, best_score)
+
+    tracker = Tracker(config, run_id)
+    status = "FAILED"
+    try:
+        tracker.set_tags({"weights": config.weights, "normalization": normalization})
+        tracker.log_params({**asdict(config), **counts, "pos_weight_value": round(pos_weight, 4), "cache_cut": model_lib.BLOCKS[cut - 1] if cut else "none"})
+        tracker.log_artifact(skipped_csv, "reports")
+        tracker.log_metrics({"cache_seconds": cache_seconds})
+        stopped_early = False
+        for epoch in range(first_epoch, config.epochs):
+            first_trainable = stage_block(config, epoch)
+            sampler.set_epoch(epoch)
+            t_epoch = time.time()
+            train_loss = train_one_epoch(
+                model, loader, start, first_trainable, optimizer, criterion, config.aux_weight,
+                desc=f"epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
+            )
+            val_scores, _, _ = evaluate_split(model, val_set, start, config, val_labels)
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
+            row.update({f"val_{k}": v for k, v in val_scores.items()})
+            history.append(row)
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            score = _score(val_scores, config.select_metric)
+            improved = score > best_score
+            if improved:
+                best_score, bad_epochs = score, 0
+            elif epoch >= config.head_epochs:
+                bad_epochs += 1
+            log.info(
+                "epoch %d/%d %s+ loss %.4f | val %s %.4f f1 %.3f fpr %.3f%s (%.0fs)",
+                epoch + 1, config.epochs, first_trainable, train_loss, config.select_metric, score,
+                val_scores["f1"], val_scores["fpr"], " *best*" if improved else "", row["epoch_seconds"],
+            )
+            state = {
+                "version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "config": asdict(config), "history": history, "best_score": best_score,
+                "bad_epochs": bad_epochs, "normalization": normalization, "spec": spec.to_dict(),
+                "run_id": tracker.run_id, "torch_rng": torch.get_rng_state(),
+            }
+            if improved:
+                save_checkpoint_atomic({**state, "optimizer": None}, best_path)
+            save_checkpoint_atomic(state, last_path)
+            if bad_epochs >= config.patience:
+                log.info("early stop: no %s improvement for %d epochs", config.select_metric, bad_epochs)
+                stopped_early = True
+                break
+
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(best["model"])
+        val_scores, choice, probs = evaluate_split(model, val_set, start, config, val_labels)
+        best["threshold"] = choice.to_dict()
+        save_checkpoint_atomic(best, best_path)
+        tracker.log_metrics({f"best_val_{k}": v for k, v in val_scores.items()})
+        tracker.log_figure(metrics_lib.confusion_figure(val_scores, "validation (best epoch)"), "plots/confusion_matrix.png")
+        tracker.log_figure(metrics_lib.pr_curve_figure(val_labels, probs, choice.threshold), "plots/pr_curve.png")
+        tracker.set_tags({"threshold_rule": choice.rule, "stopped_early": str(stopped_early)})
+        summary = {
+            "best_epoch": int(best["epoch"]) + 1, "select_metric": config.select_metric, "best_score": best_score,
+            "val": val_scores, "threshold": choice.to_dict(), "counts": counts, "history": history,
+        }
+        export_lib.write_json_atomic(paths["reports"] / "metrics.json", summary)
+        tracker.log_artifact(paths["reports"] / "metrics.json", "reports")
+
+        export_dir = None
+        if config.export:
+            real = torch.stack([cache_lib.pixel_tensor(s, "orig", spec) for s in splits.val[:3]])
+            info = {
+                "model_name": "watermark", "weights": config.weights, "normalization": normalization,
+                "best_epoch": summary["best_epoch"], "val_metrics": val_scores, "mlflow_run_id": tracker.run_id,
+                "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            parity = export_lib.export_model(
+                model, spec, choice.to_dict(), paths["export"], info=info, real_inputs=real, tolerance=config.export_tolerance
+            )
+            export_dir = str(paths["export"])
+            tracker.log_metrics({"export_parity_max_abs_diff": parity["max_abs_diff"]})
+            tracker.log_artifacts(paths["export"], "export")
+            log.info("exported to %s (parity max |diff| %.2e)", export_dir, parity["max_abs_diff"])
+        status = "FINISHED"
+        return TrainResult(
+            best_score=best_score, select_metric=config.select_metric, val_metrics=val_scores,
+            threshold=choice.to_dict(), epochs_run=len(history), export_dir=export_dir,
+            run_id=tracker.run_id, history=history,
+        )
+    finally:
+        tracker.end(status)
+
+
+RESUME_MUST_MATCH = ("data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction")
+
+
+def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> None:
+    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != getattr(config, k)]
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"--resume: options differ from the checkpoint ({details}); rerun with the original values or without --resume")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Training options from a JSON file (e.g. tuned parameters); keys as in :class:`TrainConfig`."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a JSON object of training options")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown options {unknown}; allowed are {sorted(known)}")
+    return values
