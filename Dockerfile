@@ -1,0 +1,52 @@
+# Watermark detector on TorchServe 0.12.
+#
+# Build (after scripts/create_mar.sh has written model_store/watermark.mar):
+#   docker build -t watermark-serve .
+#   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-cpu -t watermark-serve:cpu .
+# Run:
+#   docker run --rm --gpus all -p 127.0.0.1:8080-8082:8080-8082 --name wm watermark-serve
+# Key (token authorisation stays ON; keys change on every container start):
+#   docker exec wm cat /home/model-server/key_file.json      # "inference" -> "key"
+#   curl -H "Authorization: Bearer <key>" -T photo.jpg http://127.0.0.1:8080/predictions/watermark
+ARG BASE_IMAGE=pytorch/torchserve:0.12.0-gpu
+FROM ${BASE_IMAGE}
+
+# Stay on the base image's unprivileged user and home. It is named, not numbered, because
+# the base image creates it with `useradd model-server` and we must not guess its uid.
+# hadolint ignore=DL3066
+USER model-server
+WORKDIR /home/model-server
+
+COPY --chown=model-server:model-server config.properties /home/model-server/config.properties
+COPY --chown=model-server:model-server model_store/watermark.mar /home/model-server/model-store/watermark.mar
+
+# Container-only config changes, everything else stays as in the repo's config.properties:
+# - inside a container 127.0.0.1 is unreachable through -p port mappings, so the three HTTP
+#   listeners bind 0.0.0.0 (gRPC stays on loopback and is not exposed); publish the ports
+#   on the host's loopback or behind a proxy (see `docker run` above);
+# - model_store points at the base image's model store.
+# The greps fail the build if the repo config changes shape and a sed stops matching, or
+# if token authorisation was switched off.
+RUN sed -i \
+        -e 's#^inference_address=http://127\.0\.0\.1:#inference_address=http://0.0.0.0:#' \
+        -e 's#^management_address=http://127\.0\.0\.1:#management_address=http://0.0.0.0:#' \
+        -e 's#^metrics_address=http://127\.0\.0\.1:#metrics_address=http://0.0.0.0:#' \
+        -e 's#^model_store=.*#model_store=/home/model-server/model-store#' \
+        /home/model-server/config.properties \
+    && grep -q '^inference_address=http://0\.0\.0\.0:8080$' /home/model-server/config.properties \
+    && grep -q '^management_address=http://0\.0\.0\.0:8081$' /home/model-server/config.properties \
+    && grep -q '^metrics_address=http://0\.0\.0\.0:8082$' /home/model-server/config.properties \
+    && grep -q '^model_store=/home/model-server/model-store$' /home/model-server/config.properties \
+    && ! grep -qi '^disable_token_authorization *= *true' /home/model-server/config.properties
+
+EXPOSE 8080 8081 8082
+
+# /ping needs the inference key too (TorchServe 0.12 guards every inference-port route).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
+    CMD ["python3", "-c", "import json, urllib.request as r; k = json.load(open('/home/model-server/key_file.json'))['inference']['key']; r.urlopen(r.Request('http://127.0.0.1:8080/ping', headers={'Authorization': 'Bearer ' + k}), timeout=8)"]
+
+# Own entrypoint instead of the base image's `serve` (which passes its own flags): TorchServe
+# runs in the foreground from /home/model-server, so key_file.json is written there, with
+# token authorisation on and the model API off as config.properties says. On docker stop
+# (SIGTERM) the trap runs `torchserve --stop` so Java and its Python workers exit cleanly.
+ENTRYPOINT ["/bin/bash", "-c", "cd /home/model-server || exit 1; torchserve --start --foreground --ts-config /home/model-server/config.properties & pid=$!; trap 'torchserve --stop; wait $pid' TERM INT; wait $pid"]

@@ -1,0 +1,305 @@
+"""TorchServe handler: is there a watermark on this product photo?
+
+Inside the repository this module is ``handler.watermark_handler``; inside the ``.mar``
+TorchServe unpacks every file flat into the model directory and imports this file as
+the top-level module ``watermark_handler``, so the shared preprocessing module is
+imported either relatively (package) or as the flat module ``preprocess``.
+
+TorchServe picks the handler class with ``ts.utils.util.list_classes_from_module``,
+which demands exactly ONE class *defined* in this module: keep helpers as functions.
+
+Never import training code, mlflow or optuna here; this module only needs torch,
+numpy and Pillow (through ``preprocess``). Nothing heavy happens at import time.
+
+Request body (per item of a batch):
+    raw bytes (``curl -T photo.jpg``, ``--data-binary`` with ``Content-Type:
+    application/octet-stream`` or ``image/*``) arrive as ``row["body"]``; a
+    multipart upload arrives under its field name (``data``, ``file``, ``image`` or any
+    single binary field).
+
+Response per good image (JSON, HTTP 200)::
+
+    {"watermark": true, "probability": 0.912345, "threshold": 0.37,
+     "model": "watermark", "version": "1.0"}
+
+Response per bad image (HTTP 400 or 413 for that request only; the HTTP reason phrase is
+a one-line ASCII copy of the message)::
+
+    {"error": "request body: not a decodable image (...); allowed are JPEG, PNG, ...",
+     "status": 400}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+from ts.handler_utils.timer import timed
+from ts.torch_handler.base_handler import BaseHandler
+
+if __package__:  # imported as handler.watermark_handler (repository, tests)
+    from .preprocess import SPEC_FILE, ImageDecodeError, PreprocessSpec, decode_image, image_to_tensor, sigmoid
+else:  # imported flat from the unpacked .mar model directory
+    from preprocess import SPEC_FILE, ImageDecodeError, PreprocessSpec, decode_image, image_to_tensor, sigmoid
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_FILE = "threshold.json"
+MODEL_INFO_FILE = "model_info.json"
+# Field names tried, in order, for the image bytes of one request.
+BODY_KEYS = ("data", "body", "file", "image")
+# Settings accepted under ``handler:`` in the archive's model-config.yaml.
+HANDLER_SETTINGS = {"max_pixels", "profile"}
+REASON_MAX_CHARS = 200
+# How error messages name the input (the client sees only its own request).
+SOURCE = "request body"
+PROBABILITY_DIGITS = 6
+HOW_TO_SEND = (
+    "send the raw image bytes as the request body (curl -T photo.jpg, or Content-Type "
+    "image/* or application/octet-stream) or as a multipart form field named 'data' or 'file'"
+)
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: {what} not found in the model directory; rebuild the archive with "
+            "scripts/create_mar.sh from a complete export folder"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def load_threshold(path: str) -> float:
+    """Decision threshold on the sigmoid probability from ``threshold.json``."""
+    data = _read_json(path, "decision threshold file")
+    if not isinstance(data, dict) or "threshold" not in data:
+        raise ValueError(f'{path}: expected an object like {{"threshold": 0.37, "rule": "..."}}')
+    value = data["threshold"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{path}: threshold={value!r}: must be a number in [0, 1]")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{path}: threshold={value!r}: must be in [0, 1] (it applies to the sigmoid probability)")
+    return float(value)
+
+
+def reason_phrase(message: str) -> str:
+    """HTTP reason phrases must be one line; keep printable ASCII and cap the length."""
+    text = "".join(ch if " " <= ch <= "~" else " " for ch in message)
+    text = " ".join(text.split())
+    return text[:REASON_MAX_CHARS] or "Bad Request"
+
+
+def extract_body(row: Any) -> bytes:
+    """The image bytes of one request, or ImageDecodeError(400) saying what was wrong."""
+    source = SOURCE
+    if isinstance(row, (bytes, bytearray, memoryview)):
+        return bytes(row)
+    if not isinstance(row, dict):
+        raise ImageDecodeError(f"{source}: unsupported input of type {type(row).__name__}; {HOW_TO_SEND}")
+    value = None
+    for key in BODY_KEYS:
+        if key in row and row[key] is not None:
+            value = row[key]
+            break
+    else:
+        binary = [key for key, val in row.items() if isinstance(val, (bytes, bytearray, memoryview))]
+        if len(binary) == 1:
+            value = row[binary[0]]
+        elif not row:
+            value = b""
+        else:
+            raise ImageDecodeError(
+                f"{source}: cannot tell which form field holds the image (fields: {sorted(map(str, row))}); "
+                f"{HOW_TO_SEND}"
+            )
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        raise ImageDecodeError(f"{source}: got text, not image bytes (was the Content-Type text/*?); {HOW_TO_SEND}")
+    if isinstance(value, (dict, list)):
+        raise ImageDecodeError(f"{source}: got a JSON document, not image bytes; {HOW_TO_SEND}")
+    raise ImageDecodeError(f"{source}: unsupported body of type {type(value).__name__}; {HOW_TO_SEND}")
+
+
+class WatermarkHandler(BaseHandler):
+    """Binary watermark classifier over a TorchScript model exported by training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec: PreprocessSpec | None = None
+        self.threshold: float | None = None
+        self.max_pixels: int | None = None
+        self.model_name = "watermark"
+        self.model_version = "unknown"
+        self.model_info: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading
+    def initialize(self, context) -> None:
+        properties = context.system_properties
+        model_dir = properties.get("model_dir") or "."
+        manifest = getattr(context, "manifest", None) or {}
+        model_section = manifest.get("model", {}) if isinstance(manifest, dict) else {}
+        serialized = model_section.get("serializedFile")
+        if not serialized or not str(serialized).endswith(".pt"):
+            raise RuntimeError(
+                f"MANIFEST serializedFile={serialized!r}: expected the TorchScript file model.pt; "
+                "build the archive with scripts/create_mar.sh"
+            )
+        if model_section.get("modelFile"):
+            raise RuntimeError("MANIFEST has a modelFile: this handler serves TorchScript only (no eager model.py)")
+        model_path = os.path.join(model_dir, serialized)
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"{model_path}: TorchScript model not found in the model directory")
+
+        # BaseHandler picks the device (gpu_id) and torch.jit.load()s model.pt, then eval().
+        super().initialize(context)
+
+        self.spec = PreprocessSpec.load(os.path.join(model_dir, SPEC_FILE))
+        self.threshold = load_threshold(os.path.join(model_dir, THRESHOLD_FILE))
+        info_path = os.path.join(model_dir, MODEL_INFO_FILE)
+        if os.path.isfile(info_path):
+            info = _read_json(info_path, "model info")
+            self.model_info = info if isinstance(info, dict) else {}
+
+        self.model_name = getattr(context, "model_name", None) or model_section.get("modelName") or "watermark"
+        self.model_version = str(model_section.get("modelVersion") or "unknown")
+
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        settings = yaml_config.get("handler") or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"model-config.yaml handler: must be a mapping, got {settings!r}")
+        unknown = sorted(set(settings) - HANDLER_SETTINGS)
+        if unknown:
+            logger.warning("model-config.yaml handler: ignoring unknown keys %s (known: %s)", unknown, sorted(HANDLER_SETTINGS))
+        self.settings = dict(settings)
+        max_pixels = settings.get("max_pixels", self.spec.max_pixels)
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 64:
+            raise ValueError(f"model-config.yaml handler.max_pixels={max_pixels!r}: must be an integer >= 64")
+        self.max_pixels = max_pixels
+
+        self._check_model_contract()
+        logger.info(
+            "watermark handler ready: model=%s version=%s device=%s image_size=%d threshold=%s max_pixels=%d",
+            self.model_name, self.model_version, self.device, self.spec.image_size, self.threshold, self.max_pixels,
+        )
+
+    def _check_model_contract(self) -> None:
+        """Fail at load time (not on the first request) if model.pt does not map [N,3,S,S] -> [N,1]."""
+        size = self.spec.image_size
+        probe = torch.zeros(2, 3, size, size, device=self.device)
+        try:
+            with torch.inference_mode():
+                out = self.model(probe)
+        except Exception as exc:
+            raise RuntimeError(
+                f"model.pt failed on a [2, 3, {size}, {size}] input (image_size from {SPEC_FILE}): {exc}"
+            ) from exc
+        if not isinstance(out, torch.Tensor) or out.numel() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RuntimeError(f"model.pt returned {shape} for a batch of 2; expected logits of shape [2, 1]")
+
+    # ---------------------------------------------------------------- per batch
+    @timed
+    def preprocess(self, data):
+        """Decode every request; returns the stacked good images plus per-index errors."""
+        tensors, good, errors = [], [], {}
+        for idx, row in enumerate(data):
+            try:
+                body = extract_body(row)
+                image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE)
+                tensors.append(image_to_tensor(image, self.spec))
+                good.append(idx)
+            except ImageDecodeError as exc:
+                message = str(exc)
+                if exc.status == 413 and str(self.max_pixels) not in message:
+                    # Pillow's own bomb guard fired first; state the limit that applies here
+                    message += f"; at most {self.max_pixels} pixels allowed"
+                errors[idx] = (exc.status, message)
+            except Exception as exc:  # never let one odd input take the batch down
+                logger.warning("batch item %d: unexpected preprocessing failure", idx, exc_info=True)
+                errors[idx] = (400, f"{SOURCE}: could not process the image ({type(exc).__name__}: {exc})")
+        for idx, (status, message) in errors.items():
+            logger.info("batch item %d rejected with %d: %s", idx, status, message)
+        batch = torch.stack(tensors).to(self.device) if tensors else None
+        return {"size": len(data), "tensor": batch, "good": good, "errors": errors}
+
+    @timed
+    def inference(self, data, *args, **kwargs):
+        """One forward pass over the stacked good images (none if all failed)."""
+        logits: list[float] = []
+        if data["tensor"] is not None:
+            with torch.inference_mode():
+                out = self.model(data["tensor"], *args, **kwargs)
+            if out.numel() != len(data["good"]):
+                raise RuntimeError(f"model returned {tuple(out.shape)} for {len(data['good'])} images; expected [N, 1]")
+            logits = out.reshape(-1).float().cpu().tolist()
+        logger.info(
+            "watermark batch: %d requests, %d decoded, %d rejected", data["size"], len(data["good"]), len(data["errors"])
+        )
+        return {**data, "logits": logits}
+
+    @timed
+    def postprocess(self, data):
+        """Exactly one output per request, in request order; bad ones get their own status."""
+        outputs: list[dict[str, Any]] = [None] * data["size"]  # type: ignore[list-item]
+        for idx, logit in zip(data["good"], data["logits"]):
+            probability = sigmoid(logit)
+            outputs[idx] = {
+                "watermark": bool(probability >= self.threshold),
+                "probability": round(probability, PROBABILITY_DIGITS),
+                "threshold": self.threshold,
+                "model": self.model_name,
+                "version": self.model_version,
+            }
+            # TorchServe otherwise sends an empty reason phrase ("HTTP/1.1 200 ").
+            self._set_status(200, "OK", idx)
+        for idx, (status, message) in data["errors"].items():
+            outputs[idx] = {"error": message, "status": status}
+            self._set_status(status, message, idx)
+        for idx in range(data["size"]):
+            self._set_content_type(idx)
+        return outputs
+
+    def _set_status(self, status: int, message: str, idx: int) -> None:
+        context = self.context
+        if context is not None and hasattr(context, "set_response_status"):
+            context.set_response_status(status, reason_phrase(message), idx)
+
+    def _set_content_type(self, idx: int) -> None:
+        context = self.context
+        if context is None or not hasattr(context, "set_response_content_type"):
+            return
+        try:
+            context.set_response_content_type(idx, "application/json")
+        except (TypeError, IndexError, AttributeError):  # context without per-request processors
+            pass
+
+    def _is_explain(self):
+        """No Captum explanations: /explanations/<name> answers like /predictions/<name>.
+
+        (BaseHandler would call the missing get_insights() and fail the whole batch with
+        503, and it decides from request 0 alone for a mixed batch.)
+        """
+        return False
+
+    def describe_handle(self):
+        """GET /models/<name>?customized=true on the management API."""
+        return json.dumps(
+            {
+                "model": self.model_name,
+                "version": self.model_version,
+                "threshold": self.threshold,
+                "preprocess": self.spec.to_dict() if self.spec else None,
+                "max_pixels": self.max_pixels,
+                "model_info": self.model_info,
+            }
+        )

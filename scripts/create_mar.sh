@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Bundle an exported watermark model into a TorchServe archive: MODEL_STORE/NAME.mar
+#
+# The archive holds (flat, as TorchServe unpacks them into the model directory):
+#   model.pt              TorchScript model (--serialized-file)
+#   watermark_handler.py  handler/watermark_handler.py (--handler)
+#   preprocess.py         handler/preprocess.py, the one preprocessing definition
+#   preprocess.json       PreprocessSpec of the export
+#   threshold.json        decision threshold on the sigmoid probability
+#   model_info.json       optional, copied when the export has one
+#   model-config.yaml     generated here: workers, batching, timeouts, handler: section
+#
+# Values in model-config.yaml win over the `models=` JSON of config.properties in
+# TorchServe 0.12 (ModelManager.createModel takes the archive's value when > 0), so the
+# defaults below are kept equal to config.properties; change both together.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+EXPORT_DIR="artifacts/export"
+VERSION="1.0"
+MODEL_NAME="watermark"
+MODEL_STORE="model_store"
+FORCE=0
+WORKERS=1
+BATCH_SIZE=8
+MAX_BATCH_DELAY=50
+RESPONSE_TIMEOUT=120
+MAX_PIXELS=""
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/create_mar.sh [options]
+
+Bundle an exported watermark model into a TorchServe archive MODEL_STORE/NAME.mar.
+
+Options:
+  --export-dir DIR        export folder with model.pt, preprocess.json, threshold.json
+                          and optionally model_info.json          (default: artifacts/export)
+  --version V             model version, digits and dots, e.g. 1.0 or 2.3.1 (default: 1.0)
+  --model-name NAME       model name = URL path /predictions/NAME   (default: watermark)
+  --model-store DIR       where NAME.mar is written                 (default: model_store)
+  --force                 replace an existing NAME.mar
+  --workers N             minWorkers = maxWorkers                   (default: 1)
+  --batch-size N          server-side batch size                    (default: 8)
+  --max-batch-delay MS    how long to wait to fill a batch          (default: 50)
+  --response-timeout S    seconds before a worker is considered stuck (default: 120)
+  --max-pixels N          handler.max_pixels (decompression-bomb guard);
+                          default: unset, the handler uses preprocess.json's max_pixels
+  -h, --help              show this help
+
+Relative paths are taken from the current directory. The export folder is produced by
+`make demo` or `python -m train export`. The archive is built in a temporary folder
+inside MODEL_STORE and moved into place only when complete.
+EOF
+}
+
+die() {
+    echo "create_mar.sh: error: $*" >&2
+    exit 1
+}
+
+need_value() {
+    [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --export-dir) need_value "$@"; EXPORT_DIR="$2"; shift 2 ;;
+        --version) need_value "$@"; VERSION="$2"; shift 2 ;;
+        --model-name) need_value "$@"; MODEL_NAME="$2"; shift 2 ;;
+        --model-store) need_value "$@"; MODEL_STORE="$2"; shift 2 ;;
+        --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
+        --batch-size) need_value "$@"; BATCH_SIZE="$2"; shift 2 ;;
+        --max-batch-delay) need_value "$@"; MAX_BATCH_DELAY="$2"; shift 2 ;;
+        --response-timeout) need_value "$@"; RESPONSE_TIMEOUT="$2"; shift 2 ;;
+        --max-pixels) need_value "$@"; MAX_PIXELS="$2"; shift 2 ;;
+        --force) FORCE=1; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "create_mar.sh: error: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+# ---------------------------------------------------------------- validation
+[[ "$VERSION" =~ ^[0-9]+(\.[0-9]+){0,3}$ ]] \
+    || die "invalid --version '$VERSION': use digits and dots, e.g. 1.0 or 2.3.1"
+[[ "$MODEL_NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] \
+    || die "invalid --model-name '$MODEL_NAME': letters, digits, '_', '-', '.'; must start with a letter or digit"
+for pair in "workers:$WORKERS" "batch-size:$BATCH_SIZE" "max-batch-delay:$MAX_BATCH_DELAY" \
+    "response-timeout:$RESPONSE_TIMEOUT"; do
+    [[ "${pair#*:}" =~ ^[1-9][0-9]{0,6}$ ]] || die "invalid --${pair%%:*} '${pair#*:}': must be a positive integer"
+done
+if [[ -n "$MAX_PIXELS" ]]; then
+    [[ "$MAX_PIXELS" =~ ^[1-9][0-9]{1,10}$ && "$MAX_PIXELS" -ge 64 ]] \
+        || die "invalid --max-pixels '$MAX_PIXELS': must be an integer >= 64"
+fi
+
+HOW_TO_EXPORT="produce it with 'make demo' or 'python -m train export' (or pass --export-dir)"
+[[ -d "$EXPORT_DIR" ]] || die "export folder '$EXPORT_DIR' not found; $HOW_TO_EXPORT"
+for f in model.pt preprocess.json threshold.json; do
+    [[ -s "$EXPORT_DIR/$f" ]] || die "'$EXPORT_DIR/$f' is missing or empty; $HOW_TO_EXPORT"
+done
+HANDLER_FILE="$REPO_ROOT/handler/watermark_handler.py"
+PREPROCESS_FILE="$REPO_ROOT/handler/preprocess.py"
+for f in "$HANDLER_FILE" "$PREPROCESS_FILE"; do
+    [[ -f "$f" ]] || die "'$f' not found (run from a complete checkout)"
+done
+
+if [[ -x "$REPO_ROOT/.venv/bin/torch-model-archiver" ]]; then
+    ARCHIVER="$REPO_ROOT/.venv/bin/torch-model-archiver"
+    PYTHON="$REPO_ROOT/.venv/bin/python"
+elif command -v torch-model-archiver >/dev/null 2>&1; then
+    ARCHIVER="$(command -v torch-model-archiver)"
+    PYTHON="$(command -v python3 || command -v python)"
+else
+    die "torch-model-archiver not found in $REPO_ROOT/.venv/bin or on PATH (pip install torch-model-archiver==0.12.0)"
+fi
+
+# JSON checks without importing torch: the handler repeats them strictly at load time.
+"$PYTHON" - "$EXPORT_DIR" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above); re-export it"
+import json, math, sys
+from pathlib import Path
+export = Path(sys.argv[1])
+def load(name):
+    try:
+        return json.loads((export / name).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        sys.exit(f"create_mar.sh: error: {export / name}: not valid JSON ({exc})")
+spec = load("preprocess.json")
+if not isinstance(spec, dict) or not isinstance(spec.get("image_size"), int):
+    sys.exit(f"create_mar.sh: error: {export / 'preprocess.json'}: expected PreprocessSpec.to_dict() with an integer image_size")
+thr = load("threshold.json")
+value = thr.get("threshold") if isinstance(thr, dict) else None
+if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+    sys.exit(f"create_mar.sh: error: {export / 'threshold.json'}: expected {{\"threshold\": <number in [0, 1]>, ...}}, got {thr!r}")
+if (export / "model_info.json").exists():
+    load("model_info.json")
+PY
+
+mkdir -p "$MODEL_STORE"
+TARGET="$MODEL_STORE/$MODEL_NAME.mar"
+if [[ -e "$TARGET" && "$FORCE" -ne 1 ]]; then
+    die "'$TARGET' already exists; pass --force to replace it"
+fi
+
+# ------------------------------------------------------------------ archive
+# Temp folder inside MODEL_STORE so the final mv is an atomic rename on one filesystem.
+WORK_DIR="$(mktemp -d "$MODEL_STORE/.create_mar.XXXXXX")"
+cleanup() { rm -rf "$WORK_DIR"; }
+trap cleanup EXIT
+
+CONFIG_FILE="$WORK_DIR/model-config.yaml"
+{
+    echo "# Generated by scripts/create_mar.sh for $MODEL_NAME $VERSION."
+    echo "# TorchServe 0.12 prefers these values over config.properties models={...}."
+    echo "minWorkers: $WORKERS"
+    echo "maxWorkers: $WORKERS"
+    echo "batchSize: $BATCH_SIZE"
+    echo "maxBatchDelay: $MAX_BATCH_DELAY"
+    echo "responseTimeout: $RESPONSE_TIMEOUT"
+    echo "# Read by WatermarkHandler (context.model_yaml_config[\"handler\"])."
+    echo "handler:"
+    echo "  profile: false  # true adds ts_handler_* timing metrics"
+    if [[ -n "$MAX_PIXELS" ]]; then
+        echo "  max_pixels: $MAX_PIXELS"
+    else
+        echo "  # max_pixels: unset -> preprocess.json max_pixels"
+    fi
+} >"$CONFIG_FILE"
+
+EXTRA_FILES="$PREPROCESS_FILE,$EXPORT_DIR/preprocess.json,$EXPORT_DIR/threshold.json"
+if [[ -f "$EXPORT_DIR/model_info.json" ]]; then
+    EXTRA_FILES="$EXTRA_FILES,$EXPORT_DIR/model_info.json"
+fi
+
+"$ARCHIVER" \
+    --model-name "$MODEL_NAME" \
+    --version "$VERSION" \
+    --serialized-file "$EXPORT_DIR/model.pt" \
+    --handler "$HANDLER_FILE" \
+    --extra-files "$EXTRA_FILES" \
+    --config-file "$CONFIG_FILE" \
+    --export-path "$WORK_DIR"
+
+[[ -s "$WORK_DIR/$MODEL_NAME.mar" ]] || die "torch-model-archiver did not produce $WORK_DIR/$MODEL_NAME.mar"
+mv -f "$WORK_DIR/$MODEL_NAME.mar" "$TARGET"
+echo "Wrote $TARGET (model $MODEL_NAME, version $VERSION, batchSize $BATCH_SIZE, maxBatchDelay ${MAX_BATCH_DELAY}ms)"
