@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 SPEC_FILE = "preprocess.json"
 RESIZE_POLICIES = ("squash", "letterbox")
@@ -145,7 +145,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
         raise ImageDecodeError(f"{source}: empty body; send the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our own max_pixels check below replaces Pillow's global warning level
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -156,8 +157,15 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
             image.load()
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{source}: image too large ({exc})", status=413) from None
+    except Image.DecompressionBombError:
+        raise ImageDecodeError(
+            f"{source}: image too large (dimensions exceed Pillow's decompression-bomb limit); at most {max_pixels} pixels allowed",
+            status=413,
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"{source}: not a decodable image (unrecognised format); allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
+        ) from None
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ImageDecodeError(
             f"{source}: not a decodable image ({type(exc).__name__}: {exc}); "

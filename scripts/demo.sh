@@ -40,10 +40,13 @@ KEY=$(scripts/serve.sh key inference)
 stamp "5/5 sending the held-out demo test images with curl -T"
 responses=$(mktemp)
 trap 'rm -f "$responses"' EXIT
-for img in "$DATA"/test/*.jpg; do
-  body=$(curl -sS --max-time 60 -H "Authorization: Bearer $KEY" -T "$img" http://127.0.0.1:8080/predictions/watermark || echo '{"error": "curl failed"}')
-  printf '%s\t%s\n' "$(basename "$img")" "$(echo "$body" | tr -d '\n')" >> "$responses"
-done
+export KEY
+# 8 clients at once, so TorchServe forms batches (batchSize 8 in config.properties).
+find "$DATA/test" -name '*.jpg' -print0 | sort -z | xargs -0 -P 8 -I{} bash -c '
+  body=$(curl -sS --max-time 60 -H "Authorization: Bearer $KEY" -T "$1" http://127.0.0.1:8080/predictions/watermark \
+         || echo "{\"error\": \"curl failed\"}")
+  printf "%s\t%s\n" "$(basename "$1")" "$(echo "$body" | tr -d "\n")"' _ {} >> "$responses"
+sort -o "$responses" "$responses"
 "$PY" - "$responses" "$DATA/test_labels.csv" "$SHOW" <<'PYEOF'
 import csv, json, sys
 responses, labels_csv, show = sys.argv[1], sys.argv[2], int(sys.argv[3])

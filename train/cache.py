@@ -123,7 +123,7 @@ def cached_features(
     hits = len(items) - len(missing)
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=not progress or not missing, unit="img") as bar:
+    with torch.inference_mode(), tqdm(total=len(missing), desc=desc, disable=None if progress and missing else True, unit="img") as bar:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             batch = torch.stack([pixel_tensor(*items[i], spec) for i in chunk])

@@ -20,7 +20,7 @@ renamed into place, so OUT is never left half-written.
 
 Usage::
 
-    python -m train.demo_data OUT [--seed 0] [--crops-per-photo 3] [--image-size 384] [--overwrite]
+    python -m train.demo_data OUT [--seed 0] [--crops-per-photo 5] [--image-size 384] [--overwrite]
 """
 
 from __future__ import annotations
@@ -348,7 +348,7 @@ def build_demo_dataset(
     out_dir: Path,
     *,
     seed: int = 0,
-    crops_per_photo: int = 3,
+    crops_per_photo: int = 5,
     image_size: int = 384,
     overwrite: bool = False,
     progress: bool = True,
@@ -429,7 +429,7 @@ def _build_into(
     counts: dict[str, dict[str, int]] = {s: {"positive": 0, "negative": 0} for s in ("train", "val", "test")}
     test_crops: list[_Crop] = []
     used: list[BasePhoto] = []
-    for photo in tqdm(photos, desc="demo dataset", unit="photo", disable=not progress):
+    for photo in tqdm(photos, desc="demo dataset", unit="photo", disable=None if progress else True):
         try:
             crops = _make_crops(photo, seed=seed, crops_per_photo=crops_per_photo, image_size=image_size)
         except (OSError, ValueError) as exc:  # unreadable or truncated file
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", type=Path, help="output folder (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--crops-per-photo", type=int, default=3, help="crops per base photo (default 3)")
+    parser.add_argument("--crops-per-photo", type=int, default=5, help="crops per base photo (default 5)")
     parser.add_argument("--image-size", type=int, default=384, help="side of the square images in px (default 384)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -222,7 +222,7 @@ def train_one_epoch(
     model_lib.set_train_mode(model, first_trainable)
     total, count = 0.0, 0
     with_aux = aux_weight > 0 and model_lib.block_index(first_trainable) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
-    bar = tqdm(loader, desc=desc, disable=not progress, unit="batch", leave=False)
+    bar = tqdm(loader, desc=desc, disable=None if progress else True, unit="batch", leave=False)
     for inputs, labels in bar:
         labels = labels.float().unsqueeze(1)
         optimizer.zero_grad(set_to_none=True)
