@@ -92,3 +92,23 @@ def test_cli_reports_bad_options_clearly(tiny_dataset: Path, tmp_path: Path, cap
     code = cli_main(["train", "--data", str(tiny_dataset), "--epochs", "0"])
     assert code == 2
     assert "--epochs 0" in capsys.readouterr().err
+
+
+def test_overlay_negatives_adds_paired_synthetic_positives(tiny_dataset: Path, tmp_path: Path) -> None:
+    from train.data import load_splits
+    from train.overlay import overlay_negatives
+
+    splits = load_splits(tiny_dataset, val_fraction=0.2, seed=0)
+    made = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
+    negatives = [s for s in splits.train if s.label == 0]
+    assert len(made) == 2 * len(negatives) and all(s.label == 1 for s in made)
+    assert sorted({s.group for s in made}) == sorted({s.group for s in negatives})
+    again = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
+    assert [s.path for s in again] == [s.path for s in made]  # reused, deterministic
+    with pytest.raises(ValueError, match="overlay-negatives -1"):
+        overlay_negatives(splits.train, tmp_path / "ov", copies=-1, seed=0)
+
+    out = tmp_path / "out"
+    train(tiny_config(tiny_dataset, out, epochs=1, overlay_negatives=1, export=False))
+    counts = json.loads((out / "reports" / "metrics.json").read_text())["counts"]
+    assert counts["train_positive"] == 2 * counts["train_negative"]

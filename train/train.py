@@ -27,6 +27,7 @@ from train import data as data_lib
 from train import export as export_lib
 from train import metrics as metrics_lib
 from train import model as model_lib
+from train import overlay as overlay_lib
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class TrainConfig:
     pos_weight: str = "auto"
     aux_weight: float = 0.4
     augment: bool = True
+    overlay_negatives: int = 0
     val_fraction: float = 0.2
     seed: int = 0
     patience: int = 3
@@ -85,6 +87,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive number")
+        if self.overlay_negatives < 0:
+            raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be >= 0")
         if self.weight_decay < 0 or self.aux_weight < 0:
             raise ValueError("--weight-decay and --aux-weight must be >= 0")
         if self.pos_weight != "auto":
@@ -335,6 +339,10 @@ def train(config: TrainConfig) -> TrainResult:
 
     seed_everything(config.seed)
     splits = data_lib.load_splits(Path(config.data), val_fraction=config.val_fraction, seed=config.seed)
+    if config.overlay_negatives:
+        splits.train = splits.train + overlay_lib.overlay_negatives(
+            splits.train, paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
+        )
     skipped_csv = data_lib.write_skipped_report(splits.skipped, paths["reports"] / "skipped.csv")
     counts = {
         "train_positive": sum(s.label for s in splits.train),
@@ -469,7 +477,10 @@ def train(config: TrainConfig) -> TrainResult:
         tracker.end(status)
 
 
-RESUME_MUST_MATCH = ("data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction")
+RESUME_MUST_MATCH = (
+    "data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction",
+    "overlay_negatives",
+)
 
 
 def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> None:
