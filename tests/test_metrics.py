@@ -50,3 +50,11 @@ def test_figures_render() -> None:
     for fig in (confusion_figure(binary_metrics(LABELS, PROBS, 0.5)), pr_curve_figure(LABELS, PROBS, 0.5)):
         assert fig.axes
         plt.close(fig)
+
+
+def test_saturated_scores_still_give_an_exportable_threshold() -> None:
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([1.0, 0.2, 1.0, 1.0])  # a clean photo scored as high as possible
+    choice = choose_threshold(labels, probs, "target-fpr", 0.0)
+    assert 0.0 < choice.threshold < 1.0
+    assert "unreachable" in choice.note

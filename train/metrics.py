@@ -51,10 +51,14 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> d
 
 
 def _candidates(probs: np.ndarray) -> np.ndarray:
-    """Thresholds halfway between consecutive distinct scores (plus the ends)."""
+    """Thresholds halfway between consecutive distinct scores, plus one below all and
+    one above all (kept strictly inside (0, 1) so every candidate can be exported)."""
     values = np.unique(np.asarray(probs, dtype=np.float64))
     mids = (values[:-1] + values[1:]) / 2 if len(values) > 1 else values
-    return np.unique(np.concatenate([mids, [values[0] / 2, (values[-1] + 1) / 2]]))
+    ends = [values[0] / 2, (values[-1] + 1) / 2]
+    cands = np.unique(np.concatenate([mids, ends]))
+    tiny = np.finfo(np.float64).eps
+    return np.unique(np.clip(cands, tiny, 1.0 - tiny))
 
 
 def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None) -> ThresholdChoice:
@@ -81,6 +85,11 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: f
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target FPR {target!r}: allowed is 0 <= target < 1")
         ok = [(t, m) for t, m in table if m["fpr"] <= target]
+        if not ok:  # negatives score as high as anything can: take the lowest FPR
+            t, m = min(table, key=lambda tm: (tm[1]["fpr"], -tm[0]))
+            return ThresholdChoice(
+                float(t), rule, target, f"FPR {target} unreachable on validation; lowest FPR {m['fpr']:.3f}, recall {m['recall']:.3f}"
+            )
         t, m = min(ok, key=lambda tm: tm[0])
         return ThresholdChoice(float(t), rule, target, f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}")
     best_f1_t, best_f1_m = max(table, key=lambda tm: (tm[1]["f1"], tm[0]))

@@ -205,7 +205,7 @@ def predict_probs(model: model_lib.WatermarkNet, dataset: Dataset, start: int, b
     with torch.inference_mode():
         for inputs, _ in loader:
             logits, _ = model.forward_from(inputs, start)
-            out.append(torch.sigmoid(logits).squeeze(1).numpy())
+            out.append(torch.sigmoid(logits.double()).squeeze(1).numpy())  # float64: no saturation at 1.0
     return np.concatenate(out) if out else np.zeros(0)
 
 
