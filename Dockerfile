@@ -18,6 +18,8 @@ USER model-server
 WORKDIR /home/model-server
 
 COPY --chown=model-server:model-server config.properties /home/model-server/config.properties
+# metrics.yaml: metrics_config=metrics.yaml (relative to the working directory below).
+COPY --chown=model-server:model-server metrics.yaml /home/model-server/metrics.yaml
 COPY --chown=model-server:model-server model_store/watermark.mar /home/model-server/model-store/watermark.mar
 
 # Container-only config changes, everything else stays as in the repo's config.properties:
@@ -25,8 +27,9 @@ COPY --chown=model-server:model-server model_store/watermark.mar /home/model-ser
 #   listeners bind 0.0.0.0 (gRPC stays on loopback and is not exposed); publish the ports
 #   on the host's loopback or behind a proxy (see `docker run` above);
 # - model_store points at the base image's model store.
-# The greps fail the build if the repo config changes shape and a sed stops matching, or
-# if token authorisation was switched off.
+# The greps fail the build if the repo config changes shape and a sed stops matching, if
+# token authorisation was switched off, or if the management API could register archives
+# from URLs (allowed_urls must stay ^$, see config.properties).
 RUN sed -i \
         -e 's#^inference_address=http://127\.0\.0\.1:#inference_address=http://0.0.0.0:#' \
         -e 's#^management_address=http://127\.0\.0\.1:#management_address=http://0.0.0.0:#' \
@@ -37,7 +40,8 @@ RUN sed -i \
     && grep -q '^management_address=http://0\.0\.0\.0:8081$' /home/model-server/config.properties \
     && grep -q '^metrics_address=http://0\.0\.0\.0:8082$' /home/model-server/config.properties \
     && grep -q '^model_store=/home/model-server/model-store$' /home/model-server/config.properties \
-    && ! grep -qi '^disable_token_authorization *= *true' /home/model-server/config.properties
+    && ! grep -qi '^disable_token_authorization *= *true' /home/model-server/config.properties \
+    && grep -q '^allowed_urls=^\$$' /home/model-server/config.properties
 
 EXPOSE 8080 8081 8082
 
@@ -47,6 +51,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
 
 # Own entrypoint instead of the base image's `serve` (which passes its own flags): TorchServe
 # runs in the foreground from /home/model-server, so key_file.json is written there, with
-# token authorisation on and the model API off as config.properties says. On docker stop
+# token authorisation on and the model API limited to the model store (allowed_urls=^$) as
+# config.properties says. On docker stop
 # (SIGTERM) the trap runs `torchserve --stop` so Java and its Python workers exit cleanly.
 ENTRYPOINT ["/bin/bash", "-c", "cd /home/model-server || exit 1; torchserve --start --foreground --ts-config /home/model-server/config.properties & pid=$!; trap 'torchserve --stop; wait $pid' TERM INT; wait $pid"]

@@ -36,3 +36,9 @@ key:
 
 clean:  ## remove generated data and artifacts (keeps .venv)
 	rm -rf artifacts demo_data logs model_store/*.mar
+
+load-test: venv  ## 32 clients x 60 s against the running server (make serve first); see scripts/load_test.py
+	$(PY) scripts/load_test.py --clients 32 --duration 60 --warmup 10
+
+models: venv  ## versions, default and workers of the running server (scripts/models.py --help)
+	$(PY) scripts/models.py list

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +32,27 @@ DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb guard: 50 MP covers any ph
 MIN_SIDE = 8
 
 
-class ImageDecodeError(ValueError):
-    """An input that is not a usable image; ``status`` is the HTTP code to answer with."""
+# Machine-readable reasons an input is refused (metric labels; keep them stable).
+REJECT_REASONS = (
+    "empty",  # no bytes at all
+    "undecodable",  # not an image, or a truncated/corrupt one
+    "too_small",  # a side under MIN_SIDE pixels
+    "too_many_pixels",  # more than max_pixels (decompression bomb)
+    "unreadable",  # a file that cannot be read
+)
 
-    def __init__(self, message: str, status: int = 400) -> None:
+
+class ImageDecodeError(ValueError):
+    """An input that is not a usable image.
+
+    ``status`` is the HTTP code to answer with; ``reason`` a short stable label for
+    metrics (one of :data:`REJECT_REASONS`, or a caller's own such as the handler's).
+    """
+
+    def __init__(self, message: str, status: int = 400, reason: str = "undecodable") -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -142,7 +158,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
             input in the message.
     """
     if not data:
-        raise ImageDecodeError(f"{source}: empty body; send the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image")
+        raise ImageDecodeError(
+            f"{source}: empty body; send the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image", reason="empty"
+        )
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below replaces Pillow's global warning level
@@ -153,14 +171,20 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
                 raise ImageDecodeError(
                     f"{source}: {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
                     status=413,
+                    reason="too_many_pixels",
                 )
             image.load()
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError:
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses > 2x its own limit inside Image.open(); its message has the count
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(claimed.group(1))} pixels, " if claimed else ""
         raise ImageDecodeError(
-            f"{source}: image too large (dimensions exceed Pillow's decompression-bomb limit); at most {max_pixels} pixels allowed",
+            f"{source}: image too large ({what}beyond Pillow's decompression-bomb limit); "
+            f"at most {max_pixels} pixels allowed",
             status=413,
+            reason="too_many_pixels",
         ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
@@ -172,7 +196,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: s
             "allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
         ) from None
     if min(image.size) < MIN_SIDE:
-        raise ImageDecodeError(f"{source}: {image.size[0]}x{image.size[1]} is too small; each side must be >= {MIN_SIDE} px")
+        raise ImageDecodeError(
+            f"{source}: {image.size[0]}x{image.size[1]} is too small; each side must be >= {MIN_SIDE} px",
+            reason="too_small",
+        )
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # a broken EXIF block must not reject an otherwise fine photo
@@ -206,7 +233,7 @@ def load_image_file(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise ImageDecodeError(f"{path}: cannot read ({exc.strerror or exc})", reason="unreadable") from None
     return decode_image(data, max_pixels=max_pixels, source=str(path))
 
 

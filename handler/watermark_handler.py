@@ -27,6 +27,19 @@ a one-line ASCII copy of the message)::
 
     {"error": "request body: not a decodable image (...); allowed are JPEG, PNG, ...",
      "status": 400}
+
+Request tag: a client may send ``X-Request-Tag: <1-64 of A-Z a-z 0-9 . _ : ->``; it is
+echoed as the response header ``X-Request-Tag`` (good or bad item), so a client or a load
+test can prove that every response belongs to its request. A malformed tag is a 400.
+
+Metrics (TorchServe metrics API; declared in metrics.yaml so prometheus mode exports them
+on the metrics port, with a Hostname label added by the frontend)::
+
+    watermark_verdicts_total{ModelName, ModelVersion, Level="Model", Verdict="watermark"|"clean"}
+    watermark_rejected_inputs_total{ModelName, ModelVersion, Level="Model", Reason=...}
+
+Reasons: empty, undecodable, too_small, too_many_pixels (preprocess.REJECT_REASONS) and the
+handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error.
 """
 
 from __future__ import annotations
@@ -35,10 +48,13 @@ import json
 import logging
 import math
 import os
+import re
+from collections import Counter
 from typing import Any
 
 import torch
 from ts.handler_utils.timer import timed
+from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 if __package__:  # imported as handler.watermark_handler (repository, tests)
@@ -58,6 +74,13 @@ REASON_MAX_CHARS = 200
 # How error messages name the input (the client sees only its own request).
 SOURCE = "request body"
 PROBABILITY_DIGITS = 6
+# Client-chosen request tag, echoed back (see the module docstring).
+REQUEST_TAG_HEADER = "X-Request-Tag"
+REQUEST_TAG_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+REQUEST_TAG_ALLOWED = "1-64 characters from A-Z, a-z, 0-9, '.', '_', ':', '-'"
+# Custom metrics; names and dimension order must match metrics.yaml (model_metrics.counter).
+VERDICT_METRIC = "watermark_verdicts_total"
+REJECT_METRIC = "watermark_rejected_inputs_total"
 HOW_TO_SEND = (
     "send the raw image bytes as the request body (curl -T photo.jpg, or Content-Type "
     "image/* or application/octet-stream) or as a multipart form field named 'data' or 'file'"
@@ -103,7 +126,9 @@ def extract_body(row: Any) -> bytes:
     if isinstance(row, (bytes, bytearray, memoryview)):
         return bytes(row)
     if not isinstance(row, dict):
-        raise ImageDecodeError(f"{source}: unsupported input of type {type(row).__name__}; {HOW_TO_SEND}")
+        raise ImageDecodeError(
+            f"{source}: unsupported input of type {type(row).__name__}; {HOW_TO_SEND}", reason="not_image_bytes"
+        )
     value = None
     for key in BODY_KEYS:
         if key in row and row[key] is not None:
@@ -118,15 +143,65 @@ def extract_body(row: Any) -> bytes:
         else:
             raise ImageDecodeError(
                 f"{source}: cannot tell which form field holds the image (fields: {sorted(map(str, row))}); "
-                f"{HOW_TO_SEND}"
+                f"{HOW_TO_SEND}",
+                reason="ambiguous_form",
             )
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):
-        raise ImageDecodeError(f"{source}: got text, not image bytes (was the Content-Type text/*?); {HOW_TO_SEND}")
+        raise ImageDecodeError(
+            f"{source}: got text, not image bytes (was the Content-Type text/*?); {HOW_TO_SEND}",
+            reason="not_image_bytes",
+        )
     if isinstance(value, (dict, list)):
-        raise ImageDecodeError(f"{source}: got a JSON document, not image bytes; {HOW_TO_SEND}")
-    raise ImageDecodeError(f"{source}: unsupported body of type {type(value).__name__}; {HOW_TO_SEND}")
+        raise ImageDecodeError(
+            f"{source}: got a JSON document, not image bytes; {HOW_TO_SEND}", reason="not_image_bytes"
+        )
+    raise ImageDecodeError(
+        f"{source}: unsupported body of type {type(value).__name__}; {HOW_TO_SEND}", reason="not_image_bytes"
+    )
+
+
+def check_request_tag(value: Any) -> str | None:
+    """The validated X-Request-Tag value, None when absent; ImageDecodeError(400) when malformed."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("utf-8", errors="replace")
+    text = str(value)
+    if REQUEST_TAG_PATTERN.fullmatch(text):
+        return text
+    shown = reason_phrase(text)[:80]
+    raise ImageDecodeError(
+        f"{REQUEST_TAG_HEADER} header: {shown!r} is not allowed; use {REQUEST_TAG_ALLOWED}",
+        reason="bad_request_tag",
+    )
+
+
+def header_value(context: Any, idx: int, name: str) -> Any:
+    """Request header ``name`` of batch item ``idx``, matched case-insensitively (None if absent)."""
+    if context is None:
+        return None
+    getter = getattr(context, "get_all_request_header", None)
+    if getter is not None:
+        try:
+            headers = getter(idx) or {}
+        except (IndexError, KeyError, AttributeError, TypeError):
+            headers = {}
+        wanted = name.lower()
+        for key, value in headers.items():
+            key = key.decode("latin-1") if isinstance(key, (bytes, bytearray)) else str(key)
+            if key.lower() == wanted:
+                return value
+        return None
+    getter = getattr(context, "get_request_header", None)
+    if getter is None:
+        return None
+    for key in (name, name.lower()):
+        value = getter(idx, key)
+        if value is not None:
+            return value
+    return None
 
 
 class WatermarkHandler(BaseHandler):
@@ -211,9 +286,12 @@ class WatermarkHandler(BaseHandler):
     @timed
     def preprocess(self, data):
         """Decode every request; returns the stacked good images plus per-index errors."""
-        tensors, good, errors = [], [], {}
+        tensors, good, errors, tags = [], [], {}, {}
         for idx, row in enumerate(data):
             try:
+                tag = check_request_tag(header_value(self.context, idx, REQUEST_TAG_HEADER))
+                if tag is not None:
+                    tags[idx] = tag
                 body = extract_body(row)
                 image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE)
                 tensors.append(image_to_tensor(image, self.spec))
@@ -223,14 +301,16 @@ class WatermarkHandler(BaseHandler):
                 if exc.status == 413 and str(self.max_pixels) not in message:
                     # Pillow's own bomb guard fired first; state the limit that applies here
                     message += f"; at most {self.max_pixels} pixels allowed"
-                errors[idx] = (exc.status, message)
+                errors[idx] = (exc.status, message, getattr(exc, "reason", "undecodable"))
             except Exception as exc:  # never let one odd input take the batch down
                 logger.warning("batch item %d: unexpected preprocessing failure", idx, exc_info=True)
-                errors[idx] = (400, f"{SOURCE}: could not process the image ({type(exc).__name__}: {exc})")
-        for idx, (status, message) in errors.items():
-            logger.info("batch item %d rejected with %d: %s", idx, status, message)
+                errors[idx] = (
+                    400, f"{SOURCE}: could not process the image ({type(exc).__name__}: {exc})", "processing_error"
+                )
+        for idx, (status, message, reason) in errors.items():
+            logger.info("batch item %d rejected with %d (%s): %s", idx, status, reason, message)
         batch = torch.stack(tensors).to(self.device) if tensors else None
-        return {"size": len(data), "tensor": batch, "good": good, "errors": errors}
+        return {"size": len(data), "tensor": batch, "good": good, "errors": errors, "tags": tags}
 
     @timed
     def inference(self, data, *args, **kwargs):
@@ -251,10 +331,13 @@ class WatermarkHandler(BaseHandler):
     def postprocess(self, data):
         """Exactly one output per request, in request order; bad ones get their own status."""
         outputs: list[dict[str, Any]] = [None] * data["size"]  # type: ignore[list-item]
+        verdicts: Counter[str] = Counter()
         for idx, logit in zip(data["good"], data["logits"]):
             probability = sigmoid(logit)
+            watermark = bool(probability >= self.threshold)
+            verdicts["watermark" if watermark else "clean"] += 1
             outputs[idx] = {
-                "watermark": bool(probability >= self.threshold),
+                "watermark": watermark,
                 "probability": round(probability, PROBABILITY_DIGITS),
                 "threshold": self.threshold,
                 "model": self.model_name,
@@ -262,12 +345,39 @@ class WatermarkHandler(BaseHandler):
             }
             # TorchServe otherwise sends an empty reason phrase ("HTTP/1.1 200 ").
             self._set_status(200, "OK", idx)
-        for idx, (status, message) in data["errors"].items():
+        for idx, (status, message, _reason) in data["errors"].items():
             outputs[idx] = {"error": message, "status": status}
             self._set_status(status, message, idx)
         for idx in range(data["size"]):
             self._set_content_type(idx)
+        for idx, tag in data.get("tags", {}).items():
+            self._set_header(idx, REQUEST_TAG_HEADER, tag)
+        self._count(VERDICT_METRIC, "Verdict", verdicts)
+        self._count(REJECT_METRIC, "Reason", Counter(reason for _s, _m, reason in data["errors"].values()))
         return outputs
+
+    def _count(self, name: str, label: str, counts: Counter) -> None:
+        """Add per-batch counts to a counter; metrics must never fail a batch."""
+        metrics = getattr(self.context, "metrics", None)
+        if metrics is None or not hasattr(metrics, "add_counter"):
+            return
+        for value, count in sorted(counts.items()):
+            # Order = the dimensions of this metric in metrics.yaml (the frontend adds Hostname).
+            dimensions = [
+                Dimension("ModelName", self.model_name),
+                Dimension("ModelVersion", self.model_version),
+                Dimension("Level", "Model"),
+                Dimension(label, value),
+            ]
+            try:
+                metrics.add_counter(name, count, None, dimensions)
+            except Exception:  # a metrics problem must never fail the requests
+                logger.warning("could not update metric %s{%s=%s}", name, label, value, exc_info=True)
+
+    def _set_header(self, idx: int, key: str, value: str) -> None:
+        context = self.context
+        if context is not None and hasattr(context, "set_response_header"):
+            context.set_response_header(idx, key, value)
 
     def _set_status(self, status: int, message: str, idx: int) -> None:
         context = self.context

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Bundle an exported watermark model into a TorchServe archive: MODEL_STORE/NAME.mar
+# (or MODEL_STORE/NAME-vVERSION.mar with --versioned, or --archive-name FILE).
 #
 # The archive holds (flat, as TorchServe unpacks them into the model directory):
 #   model.pt              TorchScript model (--serialized-file)
@@ -27,6 +28,8 @@ BATCH_SIZE=8
 MAX_BATCH_DELAY=50
 RESPONSE_TIMEOUT=120
 MAX_PIXELS=""
+ARCHIVE_NAME=""
+VERSIONED=0
 
 usage() {
     cat <<'EOF'
@@ -40,7 +43,11 @@ Options:
   --version V             model version, digits and dots, e.g. 1.0 or 2.3.1 (default: 1.0)
   --model-name NAME       model name = URL path /predictions/NAME   (default: watermark)
   --model-store DIR       where NAME.mar is written                 (default: model_store)
-  --force                 replace an existing NAME.mar
+  --archive-name FILE     archive file name without .mar, e.g. watermark-v1.1
+                          (default: NAME; config.properties loads watermark.mar at start)
+  --versioned             archive file name NAME-vVERSION.mar, e.g. watermark-v1.1.mar,
+                          so versions sit side by side for scripts/models.py register
+  --force                 replace an existing archive of that file name
   --workers N             minWorkers = maxWorkers                   (default: 1)
   --batch-size N          server-side batch size                    (default: 8)
   --max-batch-delay MS    how long to wait to fill a batch          (default: 50)
@@ -75,6 +82,8 @@ while [[ $# -gt 0 ]]; do
         --max-batch-delay) need_value "$@"; MAX_BATCH_DELAY="$2"; shift 2 ;;
         --response-timeout) need_value "$@"; RESPONSE_TIMEOUT="$2"; shift 2 ;;
         --max-pixels) need_value "$@"; MAX_PIXELS="$2"; shift 2 ;;
+        --archive-name) need_value "$@"; ARCHIVE_NAME="$2"; shift 2 ;;
+        --versioned) VERSIONED=1; shift ;;
         --force) FORCE=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "create_mar.sh: error: unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -90,6 +99,17 @@ for pair in "workers:$WORKERS" "batch-size:$BATCH_SIZE" "max-batch-delay:$MAX_BA
     "response-timeout:$RESPONSE_TIMEOUT"; do
     [[ "${pair#*:}" =~ ^[1-9][0-9]{0,6}$ ]] || die "invalid --${pair%%:*} '${pair#*:}': must be a positive integer"
 done
+if [[ -n "$ARCHIVE_NAME" && "$VERSIONED" -eq 1 ]]; then
+    die "--archive-name and --versioned both name the archive; pass only one"
+fi
+if [[ "$VERSIONED" -eq 1 ]]; then
+    ARCHIVE_NAME="$MODEL_NAME-v$VERSION"
+elif [[ -z "$ARCHIVE_NAME" ]]; then
+    ARCHIVE_NAME="$MODEL_NAME"
+fi
+ARCHIVE_NAME="${ARCHIVE_NAME%.mar}"
+[[ "$ARCHIVE_NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] \
+    || die "invalid --archive-name '$ARCHIVE_NAME': letters, digits, '_', '-', '.'; must start with a letter or digit (no '/')"
 if [[ -n "$MAX_PIXELS" ]]; then
     [[ "$MAX_PIXELS" =~ ^[1-9][0-9]{1,10}$ && "$MAX_PIXELS" -ge 64 ]] \
         || die "invalid --max-pixels '$MAX_PIXELS': must be an integer >= 64"
@@ -138,7 +158,7 @@ if (export / "model_info.json").exists():
 PY
 
 mkdir -p "$MODEL_STORE"
-TARGET="$MODEL_STORE/$MODEL_NAME.mar"
+TARGET="$MODEL_STORE/$ARCHIVE_NAME.mar"
 if [[ -e "$TARGET" && "$FORCE" -ne 1 ]]; then
     die "'$TARGET' already exists; pass --force to replace it"
 fi
@@ -185,3 +205,6 @@ fi
 [[ -s "$WORK_DIR/$MODEL_NAME.mar" ]] || die "torch-model-archiver did not produce $WORK_DIR/$MODEL_NAME.mar"
 mv -f "$WORK_DIR/$MODEL_NAME.mar" "$TARGET"
 echo "Wrote $TARGET (model $MODEL_NAME, version $VERSION, batchSize $BATCH_SIZE, maxBatchDelay ${MAX_BATCH_DELAY}ms)"
+if [[ "$ARCHIVE_NAME" != "$MODEL_NAME" ]]; then
+    echo "Serve it next to the running version: scripts/models.py register $ARCHIVE_NAME.mar"
+fi

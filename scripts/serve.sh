@@ -100,6 +100,11 @@ cmd_start() {
     if [[ -n "$mar" && "$mar" != "all" && "$mar" != "ALL" && ! -f "${store:-model_store}/$mar" ]]; then
         die "'${store:-model_store}/$mar' not found; build it with scripts/create_mar.sh"
     fi
+    local metrics_config
+    metrics_config="$(prop metrics_config)"
+    if [[ -n "$metrics_config" && ! -f "$metrics_config" ]]; then
+        die "metrics_config '$metrics_config' (from $CONFIG) not found; it declares the Prometheus metrics (see metrics.yaml)"
+    fi
     if is_healthy; then
         echo "TorchServe is already running ($(inference_url)); use: scripts/serve.sh stop"
         return 0

@@ -209,6 +209,66 @@ def bomb_png_bytes(width: int = 30000, height: int = 30000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
+def html_bytes() -> bytes:
+    return b"<!DOCTYPE html><html><head><title>shop</title></head><body><img src='x.jpg'></body></html>\n"
+
+
+def corrupt_png_bytes() -> bytes:
+    """A real PNG whose compressed pixel data is overwritten with junk (CRCs fixed up)."""
+    data = bytearray(png_bytes(120, 90, 12))
+    pos = data.index(b"IDAT")
+    length = struct.unpack(">I", data[pos - 4 : pos])[0]
+    junk = bytes((i * 37 + 11) % 256 for i in range(length))
+    data[pos + 4 : pos + 4 + length] = junk
+    data[pos + 4 + length : pos + 8 + length] = struct.pack(">I", zlib.crc32(b"IDAT" + junk) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def palette_gif_bytes() -> bytes:
+    return encode(rgb_image(100, 80, 13).convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "GIF")
+
+
+def animated_gif_frames() -> list[Image.Image]:
+    """Three clearly different RGB frames (the first is what the server must judge)."""
+    return [rgb_image(96, 96, 20 + i).rotate(90 * i) for i in range(3)]
+
+
+def animated_gif_bytes() -> bytes:
+    frames = [f.convert("P", palette=Image.Palette.ADAPTIVE, colors=64) for f in animated_gif_frames()]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def first_frame_png_bytes(data: bytes) -> bytes:
+    """Frame 0 of an animated image, re-encoded losslessly (the reference for 'first frame')."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        return encode(img.convert("RGB"), "PNG")
+
+
+def webp_bytes() -> bytes:
+    return encode(rgb_image(90, 90, 6), "WEBP", quality=90)
+
+
+def exif_upright_png_bytes(data: bytes | None = None) -> bytes:
+    """The pixels of an EXIF-rotated JPEG turned upright by hand, saved as PNG (lossless).
+
+    Same decoded JPEG pixels, so the server's verdict for the EXIF JPEG must equal this.
+    """
+    data = data if data is not None else exif_rotated_jpeg_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        assert img.getexif().get(0x0112) == 6
+        return encode(img.convert("RGB").transpose(Image.Transpose.ROTATE_270), "PNG")
+
+
+def exif_ignored_png_bytes(data: bytes | None = None) -> bytes:
+    """The same pixels with the EXIF orientation ignored (what a server that forgot it would see)."""
+    data = data if data is not None else exif_rotated_jpeg_bytes()
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return encode(img.convert("RGB"), "PNG")
+
+
 def bad_image_kinds() -> dict[str, tuple[bytes, int]]:
     """name -> (body, expected HTTP status)."""
     return {
@@ -231,7 +291,16 @@ class FakeMetrics:
         self.records.append(("time", name, value, unit))
 
     def add_counter(self, name, value, idx=None, dimensions=None):
-        self.records.append(("counter", name, value))
+        dims = {d.name: d.value for d in dimensions or []}
+        self.records.append(("counter", name, value, dims))
+
+    def counters(self, name: str, label: str) -> dict[str, float]:
+        """Sum of a counter by one dimension, e.g. counters("watermark_verdicts_total", "Verdict")."""
+        totals: dict[str, float] = {}
+        for rec in self.records:
+            if rec[0] == "counter" and rec[1] == name:
+                totals[rec[3][label]] = totals.get(rec[3][label], 0) + rec[2]
+        return totals
 
 
 class FakeContext:
@@ -270,6 +339,12 @@ class FakeContext:
             return self.request_headers[idx].get(key)
         return None
 
+    def get_all_request_header(self, idx: int) -> dict[str, str]:
+        return dict(self.request_headers[idx]) if idx < len(self.request_headers) else {}
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
+
     def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
         self.statuses[idx] = (code, phrase)
 
@@ -287,22 +362,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def load_properties(path: str | Path) -> dict[str, str]:
-    """Java .properties subset: key=value, '#' comments, backslash line continuation."""
-    props: dict[str, str] = {}
-    pending = ""
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith(("#", "!"))):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1]
-            continue
-        line, pending = pending + line, ""
-        key, _, value = line.partition("=")
-        props[key.strip()] = value.strip()
-    return props
-
-
 def dump_properties(props: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def load_properties(path: str | Path) -> dict[str, str]:
+    """``config.properties`` as a dict, parsed by the operators' script ``scripts/models.py``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_ts_models_script", Path(__file__).resolve().parents[1] / "scripts" / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.load_properties(Path(path))
+

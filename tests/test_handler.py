@@ -317,3 +317,85 @@ def test_imports_flat_and_as_package_without_training_code(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+# ------------------------------------------------------- metrics, request tags, reasons
+VERDICT_METRIC = "watermark_verdicts_total"
+REJECT_METRIC = "watermark_rejected_inputs_total"
+
+
+def test_batch_counts_verdicts_and_rejections_by_reason(export_dir):
+    handler, context = make_handler(export_dir)
+    rows = [
+        {"body": sf.jpeg_bytes(seed=1)}, {"body": sf.png_bytes(seed=2)},  # verdicts (tiny model: p ~ 0.48 >= 0.37)
+        {"body": b""}, {"body": b"<html></html>"}, {"body": sf.corrupt_png_bytes()},
+        {"body": sf.tiny_png_bytes()}, {"body": sf.bomb_png_bytes()}, {"body": "text"},
+        {"a": b"1", "b": b"2"},
+    ]
+    run(handler, context, rows)
+    assert context.metrics.counters(VERDICT_METRIC, "Verdict") == {"watermark": 2}
+    assert context.metrics.counters(REJECT_METRIC, "Reason") == {
+        "empty": 1, "undecodable": 2, "too_small": 1, "too_many_pixels": 1, "not_image_bytes": 1, "ambiguous_form": 1,
+    }
+    # the dimensions, in the order metrics.yaml declares them
+    dims = [rec[3] for rec in context.metrics.records if rec[1] == VERDICT_METRIC][0]
+    assert list(dims) == ["ModelName", "ModelVersion", "Level", "Verdict"]
+    assert dims["ModelName"] == "watermark" and dims["ModelVersion"] == "1.0" and dims["Level"] == "Model"
+
+
+def test_clean_verdicts_are_counted_too(export_dir, tmp_path):
+    model_dir = copy_export(export_dir, tmp_path / "model")
+    (model_dir / "threshold.json").write_text('{"threshold": 0.99}')
+    handler, context = make_handler(model_dir)
+    run(handler, context, [{"body": sf.jpeg_bytes()}])
+    assert context.metrics.counters(VERDICT_METRIC, "Verdict") == {"clean": 1}
+
+
+def test_metrics_yaml_declares_the_handler_metrics():
+    import yaml
+
+    declared = yaml.safe_load((sf.REPO_ROOT / "metrics.yaml").read_text())["model_metrics"]["counter"]
+    by_name = {m["name"]: m["dimensions"] for m in declared}
+    assert by_name[VERDICT_METRIC] == ["ModelName", "ModelVersion", "Level", "Verdict"]
+    assert by_name[REJECT_METRIC] == ["ModelName", "ModelVersion", "Level", "Reason"]
+    # TorchServe's own metrics are kept (metrics_config replaces the default file)
+    default = yaml.safe_load(
+        (Path(__import__("ts").__file__).parent / "configs" / "metrics.yaml").read_text()
+    )
+    ours = yaml.safe_load((sf.REPO_ROOT / "metrics.yaml").read_text())
+    assert ours["ts_metrics"] == default["ts_metrics"] and ours["dimensions"] == default["dimensions"]
+
+
+def test_request_tag_is_echoed_and_a_bad_one_is_refused(loaded, export_dir):
+    handler, context = loaded
+    data = sf.jpeg_bytes()
+    context.new_batch(4)
+    context.request_headers[0]["X-Request-Tag"] = "client-7:000042"
+    context.request_headers[1]["x-request-tag"] = "lower.case_ok"
+    context.request_headers[2]["X-Request-Tag"] = "has space"
+    out = handler.handle([{"body": data}, {"body": b""}, {"body": data}, {"body": data}], context)
+    assert_verdict(out[0], export_dir, data)
+    assert context.response_headers[0]["X-Request-Tag"] == "client-7:000042"
+    assert out[1]["status"] == 400 and context.response_headers[1]["X-Request-Tag"] == "lower.case_ok"
+    assert out[2]["status"] == 400
+    assert out[2]["error"] == (
+        "X-Request-Tag header: 'has space' is not allowed; use 1-64 characters from A-Z, a-z, 0-9, '.', '_', ':', '-'"
+    )
+    assert "X-Request-Tag" not in context.response_headers.get(2, {})
+    assert_verdict(out[3], export_dir, data)
+    assert "X-Request-Tag" not in context.response_headers.get(3, {})
+    too_long = "x" * 65
+    context.new_batch(1)
+    context.request_headers[0]["X-Request-Tag"] = too_long
+    assert handler.handle([{"body": data}], context)[0]["status"] == 400
+
+
+def test_metrics_failure_never_fails_the_batch(export_dir):
+    handler, context = make_handler(export_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("metrics backend down")
+
+    context.metrics.add_counter = broken
+    out = run(handler, context, [{"body": sf.jpeg_bytes()}, {"body": b""}])
+    assert set(out[0]) == RESULT_KEYS and out[1]["status"] == 400

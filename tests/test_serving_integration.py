@@ -4,195 +4,43 @@ The server runs from a temporary directory (so key_file.json and logs/ land ther
 private TMPDIR/TEMP (TorchServe's pid file lives in $TMPDIR/.model_server.pid and is
 shared by every torchserve of the user otherwise). Token authorisation stays on.
 Every request has a timeout; the fixture always stops the server and its process group.
+(The server helper lives in tests/ts_server.py, shared with the other serving tests.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
-import threading
-import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
 from tests import serving_fixtures as sf
+from tests.ts_server import (  # noqa: F401  (re-exported for other test modules)
+    HAVE_SERVER,
+    REPO,
+    TIMEOUT,
+    Server,
+    concurrent_puts,
+    create_mar,
+    needs_server,
+    put_image,
+    repo_config,
+)
 
 pytestmark = pytest.mark.integration
 
-REPO = sf.REPO_ROOT
-VENV_BIN = REPO / ".venv" / "bin"
-TORCHSERVE = str(VENV_BIN / "torchserve") if (VENV_BIN / "torchserve").exists() else shutil.which("torchserve")
-CREATE_MAR = REPO / "scripts" / "create_mar.sh"
 SERVE_SH = REPO / "scripts" / "serve.sh"
-TIMEOUT = (5, 30)  # (connect, read) seconds for every request
-READY_TIMEOUT = 90
 CONCURRENCY = 8
 PROB_TOL = 2e-6
-
-needs_server = pytest.mark.skipif(
-    TORCHSERVE is None or shutil.which("java") is None and not os.environ.get("JAVA_HOME"),
-    reason="torchserve and Java are needed",
-)
-
-
-# ------------------------------------------------------------------- helpers
-def create_mar(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(CREATE_MAR), *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=120
-    )
-
-
-def repo_config() -> dict[str, str]:
-    return sf.load_properties(REPO / "config.properties")
-
-
-class Server:
-    def __init__(self, root: Path, export_dir: Path) -> None:
-        self.root = root
-        self.export_dir = export_dir
-        self.run_dir = root / "run"
-        self.tmp_dir = root / "tmp"
-        self.store = root / "store"
-        self.ports = {name: sf.free_port() for name in ("inference", "management", "metrics", "grpc_i", "grpc_m")}
-        self.env = {**os.environ, "TMPDIR": str(self.tmp_dir), "TEMP": str(self.tmp_dir)}
-        self.proc: subprocess.Popen | None = None
-        self.out_file = self.run_dir / "torchserve.out"
-
-    @property
-    def inference(self) -> str:
-        return f"http://127.0.0.1:{self.ports['inference']}"
-
-    @property
-    def management(self) -> str:
-        return f"http://127.0.0.1:{self.ports['management']}"
-
-    @property
-    def metrics(self) -> str:
-        return f"http://127.0.0.1:{self.ports['metrics']}"
-
-    @property
-    def predict_url(self) -> str:
-        return f"{self.inference}/predictions/watermark"
-
-    def key(self, which: str = "inference") -> str:
-        return json.loads((self.run_dir / "key_file.json").read_text())[which]["key"]
-
-    def auth(self, which: str = "inference") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key(which)}"}
-
-    def write_config(self) -> Path:
-        props = repo_config()
-        assert props.get("disable_token_authorization", "false").lower() != "true"
-        props.update(
-            inference_address=self.inference,
-            management_address=self.management,
-            metrics_address=self.metrics,
-            grpc_inference_port=str(self.ports["grpc_i"]),
-            grpc_management_port=str(self.ports["grpc_m"]),
-            model_store=str(self.store),
-        )
-        path = self.run_dir / "config.properties"
-        path.write_text(sf.dump_properties(props), encoding="utf-8")
-        return path
-
-    def start(self) -> None:
-        for d in (self.run_dir, self.tmp_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        config = self.write_config()
-        with open(self.out_file, "wb") as out:
-            # --foreground: the launcher waits for (and reaps) Java, so stopping is observable.
-            self.proc = subprocess.Popen(
-                [TORCHSERVE, "--start", "--foreground", "--ts-config", str(config)],
-                cwd=self.run_dir, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self.wait_ready()
-
-    def log_tail(self, n: int = 60) -> str:
-        parts = []
-        for path in (self.out_file, self.run_dir / "logs" / "model_log.log"):
-            if path.exists():
-                parts.append(f"== {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-n:]))
-        return "\n".join(parts)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"torchserve exited with {self.proc.returncode}\n{self.log_tail()}")
-            if (self.run_dir / "key_file.json").exists():
-                try:
-                    ping = requests.get(f"{self.inference}/ping", headers=self.auth(), timeout=(2, 5))
-                    if ping.status_code == 200 and self.worker_status() == ["READY"]:
-                        return
-                except (requests.RequestException, ValueError, KeyError):
-                    pass
-            time.sleep(0.5)
-        pytest.fail(f"torchserve not ready after {READY_TIMEOUT}s\n{self.log_tail()}")
-
-    def describe(self) -> dict:
-        resp = requests.get(f"{self.management}/models/watermark", headers=self.auth("management"), timeout=TIMEOUT)
-        resp.raise_for_status()
-        return resp.json()[0]
-
-    def worker_status(self) -> list[str]:
-        return [w["status"] for w in self.describe()["workers"]]
-
-    def worker_pids(self) -> list[int]:
-        return [w["pid"] for w in self.describe()["workers"]]
-
-    def batch_sizes(self) -> list[tuple[int, int]]:
-        """(requests, rejected) of every batch the handler logged so far."""
-        log = self.run_dir / "logs" / "model_log.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        return [
-            (int(m.group(1)), int(m.group(3)))
-            for m in re.finditer(r"watermark batch: (\d+) requests, (\d+) decoded, (\d+) rejected", text)
-        ]
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            subprocess.run(
-                [TORCHSERVE, "--stop"], cwd=self.run_dir, env=self.env, timeout=60,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            self.proc.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            # Java and its Python workers share the launcher's process group.
-            for sig, pause in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + pause
-                while time.monotonic() < deadline:
-                    try:
-                        os.killpg(self.proc.pid, 0)
-                    except ProcessLookupError:
-                        break
-                    time.sleep(0.2)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if TORCHSERVE is None or (shutil.which("java") is None and not os.environ.get("JAVA_HOME")):
+    if not HAVE_SERVER:
         pytest.skip("torchserve and Java are needed")
     root = tmp_path_factory.mktemp("torchserve")
     export_dir = sf.build_tiny_export(root / "export")
@@ -204,27 +52,7 @@ def server(tmp_path_factory):
         yield srv
     finally:
         srv.stop()
-    leftover = subprocess.run(["pgrep", "-g", str(srv.proc.pid)], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", f"processes left behind: {leftover.stdout}"
-    assert not (srv.run_dir / "key_file.json").exists()  # torchserve --stop removes it
-
-
-def put_image(srv: Server, data: bytes, **kwargs) -> requests.Response:
-    """Like `curl -T photo.jpg -H "Authorization: Bearer $KEY" URL` (raw PUT body)."""
-    headers = kwargs.pop("headers", srv.auth())
-    return requests.put(srv.predict_url, data=data, headers=headers, timeout=TIMEOUT, **kwargs)
-
-
-def concurrent_puts(srv: Server, bodies: list[bytes]) -> list[requests.Response]:
-    barrier = threading.Barrier(len(bodies))
-    headers = srv.auth()
-
-    def send(body: bytes) -> requests.Response:
-        barrier.wait(timeout=10)
-        return put_image(srv, body, headers=headers)
-
-    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
-        return list(pool.map(send, bodies, timeout=60))
+    srv.assert_stopped()
 
 
 def assert_same_verdict(result: dict, reference: dict) -> None:
@@ -393,7 +221,10 @@ def test_archive_config_matches_config_properties(tmp_path):
     assert props["metrics_mode"] == "prometheus"
     assert int(props["max_request_size"]) > 6_553_500
     assert props.get("disable_token_authorization", "false") != "true"
-    assert props.get("enable_model_api", "false") == "false"
+    # the management API is on only together with allowed_urls refusing every URL (ShellTorch)
+    if props.get("enable_model_api", "false").lower() == "true":
+        assert props["allowed_urls"] == "^$"
+    assert props["metrics_config"] == "metrics.yaml" and (REPO / "metrics.yaml").is_file()
     for key in ("inference_address", "management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:")
     models = json.loads(props["models"])["watermark"]["1.0"]
@@ -446,3 +277,30 @@ def test_serve_sh_explains_missing_java(tmp_path):
     assert result.returncode != 0
     assert "Java" in result.stderr and ">= 11" in result.stderr
     assert subprocess.run(["bash", str(SERVE_SH), "--help"], capture_output=True, timeout=30).returncode == 0
+
+
+def test_create_mar_names_archives_per_version(tmp_path):
+    export_dir = sf.build_tiny_export(tmp_path / "export")
+    store = tmp_path / "store"
+    common = ("--export-dir", str(export_dir), "--model-store", str(store))
+    versioned = create_mar(*common, "--version", "1.1", "--versioned")
+    assert versioned.returncode == 0, versioned.stderr
+    assert "scripts/models.py register watermark-v1.1.mar" in versioned.stdout
+    named = create_mar(*common, "--version", "2.0", "--archive-name", "watermark-canary.mar")
+    assert named.returncode == 0, named.stderr
+    default = create_mar(*common)  # unchanged default: watermark.mar, version 1.0
+    assert default.returncode == 0, default.stderr
+    assert sorted(p.name for p in store.iterdir()) == ["watermark-canary.mar", "watermark-v1.1.mar", "watermark.mar"]
+    for name, version in (("watermark-v1.1.mar", "1.1"), ("watermark-canary.mar", "2.0"), ("watermark.mar", "1.0")):
+        with zipfile.ZipFile(store / name) as mar:
+            model = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]
+        assert (model["modelName"], model["modelVersion"]) == ("watermark", version)  # same model, new version
+
+    again = create_mar(*common, "--version", "1.1", "--versioned")
+    assert again.returncode != 0 and "watermark-v1.1.mar' already exists" in again.stderr
+    both = create_mar(*common, "--versioned", "--archive-name", "x")
+    assert both.returncode != 0 and "pass only one" in both.stderr
+    for bad in ("../escape", "a/b", "-x", ""):
+        result = create_mar(*common, "--archive-name", bad)
+        assert result.returncode != 0, bad
+        assert "--archive-name" in result.stderr, (bad, result.stderr)
