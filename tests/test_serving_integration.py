@@ -29,6 +29,7 @@ from tests.ts_server import (  # noqa: F401  (re-exported for other test modules
     needs_server,
     put_image,
     repo_config,
+    serve,
 )
 
 pytestmark = pytest.mark.integration
@@ -40,19 +41,15 @@ PROB_TOL = 2e-6
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not HAVE_SERVER:
-        pytest.skip("torchserve and Java are needed")
     root = tmp_path_factory.mktemp("torchserve")
     export_dir = sf.build_tiny_export(root / "export")
-    srv = Server(root, export_dir)
-    built = create_mar("--export-dir", str(export_dir), "--model-store", str(srv.store))
-    assert built.returncode == 0, built.stderr
-    try:
-        srv.start()
-        yield srv
-    finally:
-        srv.stop()
-    srv.assert_stopped()
+
+    def build_store(srv: Server) -> None:
+        srv.export_dir = export_dir
+        built = create_mar("--export-dir", str(export_dir), "--model-store", str(srv.store))
+        assert built.returncode == 0, built.stderr
+
+    yield from serve(root, build_store)
 
 
 def assert_same_verdict(result: dict, reference: dict) -> None:
