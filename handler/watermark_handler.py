@@ -296,12 +296,8 @@ class WatermarkHandler(BaseHandler):
                 image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE)
                 tensors.append(image_to_tensor(image, self.spec))
                 good.append(idx)
-            except ImageDecodeError as exc:
-                message = str(exc)
-                if exc.status == 413 and str(self.max_pixels) not in message:
-                    # Pillow's own bomb guard fired first; state the limit that applies here
-                    message += f"; at most {self.max_pixels} pixels allowed"
-                errors[idx] = (exc.status, message, getattr(exc, "reason", "undecodable"))
+            except ImageDecodeError as exc:  # its message already states the limit that applies
+                errors[idx] = (exc.status, str(exc), exc.reason)
             except Exception as exc:  # never let one odd input take the batch down
                 logger.warning("batch item %d: unexpected preprocessing failure", idx, exc_info=True)
                 errors[idx] = (
