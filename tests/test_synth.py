@@ -464,3 +464,16 @@ def test_scene_text_uses_its_font_pool(product: Image.Image, split: str) -> None
         _, info = synth.render_scene_text(product, random.Random(seed), split=split)
         assert set(info.fonts) <= own, info
         assert info.split == split
+
+
+def test_font_order_does_not_depend_on_the_virtualenv_location() -> None:
+    import importlib.util
+
+    from train import synth as synth_mod
+
+    bundled = (Path(importlib.util.find_spec("matplotlib").origin).parent / "mpl-data" / "fonts" / "ttf").resolve()
+    fonts = synth_mod._font_candidates()
+    mine = [p for p in fonts if p.is_relative_to(bundled)]
+    assert mine, "matplotlib's bundled fonts should be found"
+    # system fonts first, then matplotlib's by file name, wherever the venv is
+    assert fonts[-len(mine):] == sorted(mine, key=lambda p: p.name)

@@ -349,8 +349,10 @@ def _font_candidates() -> list[Path]:
         spec = importlib.util.find_spec("matplotlib")
     except (ImportError, ValueError):  # pragma: no cover - matplotlib is a requirement
         spec = None
+    bundled = None
     if spec is not None and spec.origin:
-        dirs.append(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf")
+        bundled = (Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf").resolve()
+        dirs.append(bundled)
     for folder in dirs:
         if folder.is_dir():
             found.extend(p for p in folder.rglob("*") if p.is_file())
@@ -358,7 +360,15 @@ def _font_candidates() -> list[Path]:
     for path in found:
         if path.suffix.lower() in FONT_SUFFIXES and path.is_file():
             unique.setdefault(str(path.resolve()), path.resolve())
-    return sorted(unique.values(), key=str)
+
+    def order(path: Path) -> tuple[bool, str]:
+        # matplotlib's copies last, ordered by file name: the order (and so every seeded
+        # draw) must not depend on where the virtualenv lives
+        if bundled is not None and path.is_relative_to(bundled):
+            return True, path.name
+        return False, str(path)
+
+    return sorted(unique.values(), key=order)
 
 
 def _glyph_signature(font: ImageFont.FreeTypeFont, text: str) -> bytes | None:
