@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import socket
 import struct
 import zlib
@@ -356,10 +357,27 @@ class FakeContext:
 
 
 # ------------------------------------------------------------- process helpers
+# Below Linux's ephemeral range (32768-60999): a port handed out by bind(0) can be taken
+# again as the local port of an outgoing connection before TorchServe binds it.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback TCP port that is free now, outside the ephemeral range, not given out before."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORT_RANGE}")
 
 
 def dump_properties(props: dict[str, str]) -> str:
