@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo bench-quality test test-fast lint serve stop key clean
+.PHONY: venv demo tune bench-quality test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -11,6 +11,11 @@ venv:
 demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdicts
 	@scripts/setup_fonts.sh
 	@scripts/demo.sh
+
+tune: venv  ## 20-trial Optuna study on the demo dataset (built if missing); see README "Tuning"
+	@scripts/setup_fonts.sh
+	@[ -f demo_data/manifest.json ] || $(PY) -m train demo-data demo_data --overwrite
+	$(PY) -m train tune --data demo_data --output artifacts --n-trials 20
 
 bench-quality: venv  ## train on the demo split, evaluate on test / held-out styles / hard negatives
 	@scripts/setup_fonts.sh

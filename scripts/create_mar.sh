@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Bundle an exported watermark model into a TorchServe archive: MODEL_STORE/NAME.mar
 # (or MODEL_STORE/NAME-vVERSION.mar with --versioned, or --archive-name FILE).
+# The bundle comes from an export folder, or from the MLflow model registry
+# (--from-registry models:/watermark@champion); then the archive's version is the
+# registry version.
 #
 # The archive holds (flat, as TorchServe unpacks them into the model directory):
 #   model.pt              TorchScript model (--serialized-file)
@@ -30,6 +33,10 @@ RESPONSE_TIMEOUT=120
 MAX_PIXELS=""
 ARCHIVE_NAME=""
 VERSIONED=0
+FROM_REGISTRY=""
+TRACKING_URI=""
+EXPORT_DIR_SET=0
+VERSION_SET=0
 
 usage() {
     cat <<'EOF'
@@ -40,7 +47,13 @@ Bundle an exported watermark model into a TorchServe archive MODEL_STORE/NAME.ma
 Options:
   --export-dir DIR        export folder with model.pt, preprocess.json, threshold.json
                           and optionally model_info.json          (default: artifacts/export)
-  --version V             model version, digits and dots, e.g. 1.0 or 2.3.1 (default: 1.0)
+  --from-registry URI     take the bundle from the MLflow model registry instead, e.g.
+                          models:/watermark@champion or models:/watermark/3; the archive
+                          version is then the registry version
+  --tracking-uri URI      MLflow store of --from-registry (default: $MLFLOW_TRACKING_URI,
+                          else sqlite:///artifacts/mlflow/mlflow.db under the current folder)
+  --version V             model version, digits and dots, e.g. 1.0 or 2.3.1 (default: 1.0,
+                          or the registry version with --from-registry)
   --model-name NAME       model name = URL path /predictions/NAME   (default: watermark)
   --model-store DIR       where NAME.mar is written                 (default: model_store)
   --archive-name FILE     archive file name without .mar, e.g. watermark-v1.1
@@ -73,8 +86,10 @@ need_value() {
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --export-dir) need_value "$@"; EXPORT_DIR="$2"; shift 2 ;;
-        --version) need_value "$@"; VERSION="$2"; shift 2 ;;
+        --export-dir) need_value "$@"; EXPORT_DIR="$2"; EXPORT_DIR_SET=1; shift 2 ;;
+        --version) need_value "$@"; VERSION="$2"; VERSION_SET=1; shift 2 ;;
+        --from-registry) need_value "$@"; FROM_REGISTRY="$2"; shift 2 ;;
+        --tracking-uri) need_value "$@"; TRACKING_URI="$2"; shift 2 ;;
         --model-name) need_value "$@"; MODEL_NAME="$2"; shift 2 ;;
         --model-store) need_value "$@"; MODEL_STORE="$2"; shift 2 ;;
         --workers) need_value "$@"; WORKERS="$2"; shift 2 ;;
@@ -89,6 +104,38 @@ while [[ $# -gt 0 ]]; do
         *) echo "create_mar.sh: error: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+if [[ -x "$REPO_ROOT/.venv/bin/torch-model-archiver" ]]; then
+    ARCHIVER="$REPO_ROOT/.venv/bin/torch-model-archiver"
+    PYTHON="$REPO_ROOT/.venv/bin/python"
+elif command -v torch-model-archiver >/dev/null 2>&1; then
+    ARCHIVER="$(command -v torch-model-archiver)"
+    PYTHON="$(command -v python3 || command -v python)"
+else
+    die "torch-model-archiver not found in $REPO_ROOT/.venv/bin or on PATH (pip install torch-model-archiver==0.12.0)"
+fi
+
+WORK_DIR=""
+REGISTRY_DIR=""
+cleanup() { rm -rf "$WORK_DIR" "$REGISTRY_DIR"; }
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- registry
+if [[ -n "$FROM_REGISTRY" ]]; then
+    [[ "$EXPORT_DIR_SET" -eq 0 ]] || die "--from-registry and --export-dir both name the bundle; pass only one"
+    mkdir -p "$MODEL_STORE"
+    REGISTRY_DIR="$(mktemp -d "$MODEL_STORE/.registry.XXXXXX")"
+    fetch_args=(registry fetch --uri "$FROM_REGISTRY" --out "$REGISTRY_DIR/export" --print-version)
+    [[ -n "$TRACKING_URI" ]] && fetch_args+=(--tracking-uri "$TRACKING_URI")
+    REGISTRY_VERSION="$(PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m train "${fetch_args[@]}" | tail -n 1)" \
+        || die "could not fetch $FROM_REGISTRY from the model registry (see above)"
+    if [[ "$VERSION_SET" -eq 1 && "$VERSION" != "$REGISTRY_VERSION" ]]; then
+        die "--version $VERSION differs from the registry version $REGISTRY_VERSION of $FROM_REGISTRY; drop --version"
+    fi
+    VERSION="$REGISTRY_VERSION"
+    EXPORT_DIR="$REGISTRY_DIR/export"
+    echo "Fetched $FROM_REGISTRY: registry version $VERSION"
+fi
 
 # ---------------------------------------------------------------- validation
 [[ "$VERSION" =~ ^[0-9]+(\.[0-9]+){0,3}$ ]] \
@@ -126,16 +173,6 @@ for f in "$HANDLER_FILE" "$PREPROCESS_FILE"; do
     [[ -f "$f" ]] || die "'$f' not found (run from a complete checkout)"
 done
 
-if [[ -x "$REPO_ROOT/.venv/bin/torch-model-archiver" ]]; then
-    ARCHIVER="$REPO_ROOT/.venv/bin/torch-model-archiver"
-    PYTHON="$REPO_ROOT/.venv/bin/python"
-elif command -v torch-model-archiver >/dev/null 2>&1; then
-    ARCHIVER="$(command -v torch-model-archiver)"
-    PYTHON="$(command -v python3 || command -v python)"
-else
-    die "torch-model-archiver not found in $REPO_ROOT/.venv/bin or on PATH (pip install torch-model-archiver==0.12.0)"
-fi
-
 # JSON checks without importing torch: the handler repeats them strictly at load time.
 "$PYTHON" - "$EXPORT_DIR" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above); re-export it"
 import json, math, sys
@@ -166,8 +203,6 @@ fi
 # ------------------------------------------------------------------ archive
 # Temp folder inside MODEL_STORE so the final mv is an atomic rename on one filesystem.
 WORK_DIR="$(mktemp -d "$MODEL_STORE/.create_mar.XXXXXX")"
-cleanup() { rm -rf "$WORK_DIR"; }
-trap cleanup EXIT
 
 CONFIG_FILE="$WORK_DIR/model-config.yaml"
 {

@@ -27,7 +27,7 @@ else
 fi
 
 stamp "2/5 fine-tuning Inception V3 (fid-inception weights; frozen lower blocks cached) for $EPOCHS epochs"
-"$PY" -m train train --data "$DATA" --output "$OUT" --epochs "$EPOCHS"
+"$PY" -m train train --data "$DATA" --output "$OUT" --epochs "$EPOCHS" --register
 
 stamp "3/5 archiving $OUT/export into model_store/watermark.mar"
 scripts/create_mar.sh --export-dir "$OUT/export" --version 1.0 --force

@@ -3,6 +3,8 @@
 Commands:
     demo-data  build the built-in demo dataset from photos that packages ship
     train      fine-tune Inception V3 on a positive/negative folder, log to MLflow, export
+    tune       Optuna search over training options; every trial is a nested MLflow run
+    registry   MLflow model registry: list versions, promote an alias, fetch a bundle
     export     re-export TorchScript + spec + threshold from a training checkpoint
     predict    score an unlabelled image folder with an export bundle -> CSV
     evaluate   metrics, per-style breakdown, curves and worst-error sheets on a labelled folder
@@ -11,7 +13,9 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -29,6 +33,14 @@ def _bool(value: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"{value!r}: allowed are true/false")
+
+
+def _augment(value: str) -> int:
+    lowered = value.lower()
+    levels = {"0": 0, "1": 1, "2": 2, "false": 0, "no": 0, "off": 0, "true": 1, "yes": 1, "on": 1}
+    if lowered not in levels:
+        raise argparse.ArgumentTypeError(f"{value!r}: allowed are 0, 1, 2 (or false = 0, true = 1)")
+    return levels[lowered]
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,9 +66,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
     a("--pos-weight", type=str, help="positive-class loss weight: auto (= negatives/positives) or a number")
     a("--aux-weight", type=float, help=f"weight of the aux-head loss (default {d['aux_weight']})")
-    a("--augment", type=_bool, help=f"add horizontally flipped views (default {d['augment']})")
+    a(
+        "--augment", type=_augment,
+        help="augmentation strength, as cached extra views of every training image: 0 none, 1 mirrored, "
+        f"2 mirrored + a re-exposed, re-encoded copy (true = 1, false = 0; default {d['augment']})",
+    )
     a("--overlay-negatives", type=int, help="render this many watermarked copies of every clean training photo (default 0)")
     a("--val-fraction", type=float, help=f"validation share when there is no val/ folder (default {d['val_fraction']})")
+    a("--train-fraction", type=float, help="train on this seeded share of the training crops, pairs kept together (default 1.0)")
     a("--seed", type=int, help=f"random seed (default {d['seed']})")
     a("--patience", type=int, help=f"early stop after this many epochs without improvement (default {d['patience']})")
     a("--select-metric", choices=SELECT_METRICS, help=f"validation metric for the best checkpoint (default {d['select_metric']})")
@@ -70,6 +87,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--resume", action="store_true", default=None, help="continue from OUTPUT/checkpoints/last.pt")
     a("--no-progress", dest="progress", action="store_false", default=None, help="hide progress bars")
     a("--no-export", dest="export", action="store_false", default=None, help="skip the TorchScript export")
+    a(
+        "--register", action="store_true", default=None,
+        help="register the export in the MLflow model registry (first version -> alias champion, later -> challenger)",
+    )
+    a("--registered-model", type=str, help=f"registered model name (default {d['registered_model']})")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -95,6 +117,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if result.export_dir:
         print(f"exported: {result.export_dir}  (next: scripts/create_mar.sh --export-dir {result.export_dir})")
+    return 0
+
+
+# A trial is a low-fidelity run unless these are given: half the training crops, two
+# epochs that both fine-tune. Retrain the best options at full budget afterwards.
+TUNE_FIDELITY = {"epochs": 2, "head_epochs": 0, "train_fraction": 0.5}
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from train.tune import TuneSettings, tune
+
+    base = config_from_args(args)
+    if base.register or base.resume:
+        raise ValueError("tune: --register and --resume apply to train; rerun the same tune command to resume a study")
+    given = set(_config_keys(args.config)) if args.config else set()
+    given |= {k for k in TUNE_FIDELITY if getattr(args, k) is not None}
+    for key, value in TUNE_FIDELITY.items():
+        if key not in given:
+            setattr(base, key, value)
+    settings = TuneSettings(
+        n_trials=args.n_trials, study_name=args.study_name, storage=args.storage, tune_dir=args.tune_dir, timeout=args.timeout,
+        sampler_startup_trials=args.startup_trials, pruner_startup_trials=args.pruner_startup_trials,
+        prune_from_epoch=args.prune_from_epoch, heartbeat_seconds=args.heartbeat,
+        space_file=str(args.space) if args.space else None, baseline=args.baseline,
+    )
+    try:
+        result = tune(base, settings)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished trials are kept in the study {settings.study_name!r}; "
+            "rerun the same command to resume it", file=sys.stderr,
+        )
+        return 130
+    counts = ", ".join(f"{v} {k.lower()}" for k, v in result.counts.items() if v)
+    print(f"study {result.study_name}: {counts} in {result.seconds / 60:.1f} min (storage {result.storage})")
+    if result.best_trial is None:
+        print("no trial finished; nothing to write")
+        return 1
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(result.best_params.items()))
+    print(f"best trial {result.best_trial + 1}: {base.select_metric} {result.best_value:.4f} | {params}")
+    full = "" if base.train_fraction == 1 and base.epochs >= 5 else " --epochs 6 --head-epochs 1 --train-fraction 1"
+    print(f"best options: {result.best_config_path}")
+    print(f"next, at full budget: python -m train train --config {result.best_config_path}{full} --register")
+    return 0
+
+
+def _config_keys(path: Path) -> set[str]:
+    from train.train import load_config_file
+
+    return set(load_config_file(path))
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from train import registry
+
+    if args.tracking_uri:
+        uri = args.tracking_uri
+    elif args.output is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+    else:
+        uri = registry.default_tracking_uri(args.output or "artifacts")
+    if args.action == "list":
+        versions = registry.list_versions(uri, args.name)
+        print(f"{'version':>7}  {'aliases':<22} {'threshold':>9} {'size':>5}  run")
+        for v in versions:
+            print(f"{v.version:>7}  {','.join(v.aliases) or '-':<22} {v.tags.get('threshold', '?')[:9]:>9} {v.tags.get('image_size', '?'):>5}  {v.run_id}")
+        return 0
+    if args.action == "promote":
+        if args.version is None:
+            raise ValueError("registry promote: --version N is required")
+        v = registry.promote(uri, args.name, args.version, args.alias)
+        print(f"{args.name} version {v.version} is now @{args.alias} (aliases: {', '.join(v.aliases)})")
+        return 0
+    if args.action == "fetch":
+        if args.out is None:
+            raise ValueError("registry fetch: --out DIR is required")
+        model_uri = args.uri or f"models:/{args.name}@{args.alias}"
+        v = registry.fetch(uri, model_uri, args.out, overwrite=args.overwrite)
+        if args.print_version:
+            print(v.version)
+        else:
+            print(f"fetched {model_uri} = {v.name} version {v.version} into {args.out}")
+        return 0
+    uri_of = args.uri or f"models:/{args.name}@{args.alias}"
+    v = registry.resolve(uri, uri_of)
+    print(json.dumps(v.to_dict(), indent=2))
     return 0
 
 
@@ -178,6 +286,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="fine-tune, log to MLflow, choose the threshold, export")
     add_train_arguments(p_train)
     p_train.set_defaults(func=cmd_train)
+    p_tune = sub.add_parser(
+        "tune", help="Optuna search; trials are nested MLflow runs; writes best_config.json",
+        description="Optuna TPE search with median pruning over training options. Every trial runs the train "
+        "command's training (checkpoints in memory, no export) on a shared feature cache and is a nested MLflow run. "
+        "The study is persistent: rerun the same command to resume it. Training flags set the options that are not "
+        "searched. Trials are low-fidelity unless told otherwise: --epochs 2 --head-epochs 0 --train-fraction 0.5; "
+        "retrain the best options at full budget.",
+    )
+    add_train_arguments(p_tune)
+    t = p_tune.add_argument
+    t("--n-trials", type=int, default=20, help="finished (complete or pruned) trials the study should have (default 20)")
+    t("--study-name", type=str, default="watermark-tune", help="Optuna study name (default watermark-tune)")
+    t("--storage", type=str, help="Optuna RDB storage URL, e.g. postgresql://user@host/db (default sqlite:///TUNE_DIR/optuna.db)")
+    t("--tune-dir", type=str, help="folder for optuna.db and STUDY/{best_config.json,trials.csv,trials/} (default OUTPUT/tune)")
+    t("--space", type=Path, help="JSON search space replacing the default, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 1e-2, \"log\": true}}")
+    t("--timeout", type=float, help="stop starting new trials after this many seconds")
+    t("--startup-trials", type=int, default=6, help="random trials before TPE takes over (default 6)")
+    t("--pruner-startup-trials", type=int, default=4, help="finished trials before the median pruner prunes (default 4)")
+    t("--prune-from-epoch", type=int, help="first epoch after which a trial can be pruned (default --head-epochs + 1)")
+    t("--heartbeat", type=int, default=30, help="trial heartbeat in seconds; a trial silent for 2x this is failed and retried once (default 30)")
+    t("--no-baseline", dest="baseline", action="store_false", help="do not start a new study with the untuned default as trial 1")
+    p_tune.set_defaults(func=cmd_tune)
+    p_reg = sub.add_parser(
+        "registry", help="model registry: list, show, promote, fetch",
+        description="MLflow model registry of export bundles. Aliases: champion (served), challenger (newest candidate), "
+        "previous (champion before the last promotion).",
+    )
+    p_reg.add_argument("action", choices=("list", "show", "promote", "fetch"), help="what to do")
+    p_reg.add_argument("--name", type=str, default="watermark", help="registered model name (default watermark)")
+    p_reg.add_argument("--version", type=str, help="version number (promote)")
+    p_reg.add_argument("--alias", type=str, default="champion", help="alias to promote to / fetch (default champion)")
+    p_reg.add_argument("--uri", type=str, help="models:/NAME@ALIAS or models:/NAME/VERSION (show, fetch; default models:/NAME@ALIAS)")
+    p_reg.add_argument("--out", type=Path, help="folder to write the export bundle into (fetch)")
+    p_reg.add_argument("--overwrite", action="store_true", help="replace --out if it exists (fetch)")
+    p_reg.add_argument("--print-version", action="store_true", help="fetch: print only the version number (for scripts)")
+    p_reg.add_argument("--output", type=str, help="training output folder whose embedded store to use (default artifacts)")
+    p_reg.add_argument(
+        "--tracking-uri", type=str,
+        help="MLflow store (default: sqlite:///OUTPUT/mlflow/mlflow.db with --output, else $MLFLOW_TRACKING_URI, else artifacts/)",
+    )
+    p_reg.set_defaults(func=cmd_registry)
     p_export = sub.add_parser("export", help="export TorchScript + spec + threshold from a checkpoint")
     p_export.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoints/best.pt"), help="training checkpoint (default artifacts/checkpoints/best.pt)")
     p_export.add_argument("--out", type=Path, default=Path("artifacts/export"), help="export folder, replaced atomically (default artifacts/export)")

@@ -1,7 +1,8 @@
 """The training loop: staged fine-tuning, checkpoints, early stop, MLflow, export.
 
-``train(config)`` is the single entry point used by the ``train`` command (and by
-tuning later): it returns the best validation score so callers can compare runs.
+``train(config)`` is the single entry point used by the ``train`` command and by every
+tuning trial (:mod:`train.tune`): it returns the best validation score so callers can
+compare runs, and takes optional hooks for a parent MLflow run and per-epoch reporting.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,23 @@ log = logging.getLogger(__name__)
 
 SELECT_METRICS = ("roc_auc", "average_precision", "f1")
 CHECKPOINT_VERSION = 1
+# Deeper feature caches are derived from the cache after Mixed_5d (the cut of the
+# default --unfreeze-from Mixed_6a), so every cut shares that one base cache.
+CACHE_BASE_BLOCK = "Mixed_6a"
+# The aux head pools Mixed_6e's map with a 5x5 window and then needs a 5x5 map: 299 px.
+AUX_MIN_SIZE = 299
+
+# Called after every epoch with (epoch number from 1, validation score, history row);
+# returning True stops the run (a pruned tuning trial).
+EpochCallback = Callable[[int, float, dict[str, float]], bool]
+
+
+class TrainingStopped(Exception):
+    """Raised by :func:`train` when the epoch callback asked to stop (run marked KILLED)."""
+
+    def __init__(self, epoch: int, score: float, run_id: str | None) -> None:
+        super().__init__(f"stopped after epoch {epoch} (score {score:.4f})")
+        self.epoch, self.score, self.run_id = epoch, score, run_id
 
 
 @dataclass
@@ -55,9 +74,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     pos_weight: str = "auto"
     aux_weight: float = 0.4
-    augment: bool = True
+    augment: int = 1
     overlay_negatives: int = 0
     val_fraction: float = 0.2
+    train_fraction: float = 1.0
     seed: int = 0
     patience: int = 3
     select_metric: str = "roc_auc"
@@ -70,8 +90,11 @@ class TrainConfig:
     run_name: str | None = None
     resume: bool = False
     progress: bool = True
+    save_checkpoints: bool = True
     export: bool = True
     export_tolerance: float = export_lib.DEFAULT_TOLERANCE
+    register: bool = False
+    registered_model: str = "watermark"
 
     def validate(self) -> None:
         """Check values at the edge; every message names the option and what is allowed."""
@@ -87,6 +110,17 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive number")
+        cache_lib.views_for(self.augment)
+        if not 0 < self.train_fraction <= 1:
+            raise ValueError(f"--train-fraction {self.train_fraction}: allowed is 0 < fraction <= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout {self.dropout}: allowed is 0 <= dropout < 1")
+        if self.register and not self.export:
+            raise ValueError("--register needs the export; drop --no-export")
+        if self.resume and not self.save_checkpoints:
+            raise ValueError("--resume needs checkpoints (save_checkpoints true)")
+        if self.register and not self.save_checkpoints:
+            raise ValueError("--register needs checkpoints (save_checkpoints true)")
         if self.overlay_negatives < 0:
             raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be >= 0")
         if self.weight_decay < 0 or self.aux_weight < 0:
@@ -105,6 +139,12 @@ class TrainConfig:
                 f"--threshold-rule {self.threshold_rule!r}: allowed are {', '.join(metrics_lib.THRESHOLD_RULES)}"
             )
         model_lib.block_index(self.unfreeze_from)
+        aux_trains = model_lib.block_index(self.unfreeze_from) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
+        if self.aux_weight > 0 and aux_trains and self.image_size < AUX_MIN_SIZE:
+            raise ValueError(
+                f"--image-size {self.image_size} with --unfreeze-from {self.unfreeze_from}: the aux head needs "
+                f"--image-size >= {AUX_MIN_SIZE}; pass --aux-weight 0 or unfreeze from Mixed_7a or later"
+            )
         if self.unfreeze_from == model_lib.HEAD and self.head_epochs != self.epochs:
             log.info("--unfreeze-from head: every epoch trains the heads only")
         PreprocessSpec(image_size=self.image_size, resize=self.resize)
@@ -128,6 +168,7 @@ class TrainResult:
     export_dir: str | None
     run_id: str | None
     history: list[dict[str, float]] = field(default_factory=list)
+    registered_version: str | None = None
 
 
 # ---------------------------------------------------------------- helpers
@@ -191,7 +232,8 @@ def build_inputs(
     if config.cache and cut > 0:
         paths = output_paths(config)
         dataset = cache_lib.cached_features(
-            model, items, spec, stop=cut, cache_dir=paths["cache"], progress=config.progress, desc=desc
+            model, items, spec, stop=cut, base_stop=model_lib.block_index(CACHE_BASE_BLOCK),
+            cache_dir=paths["cache"], progress=config.progress, desc=desc,
         )
         return dataset, cut
     return cache_lib.PixelDataset(items, spec), 0
@@ -266,7 +308,9 @@ def _score(metrics: dict[str, float], name: str) -> float:
 class Tracker:
     """Thin MLflow wrapper: one run, resumable; imported lazily (no side effects at import)."""
 
-    def __init__(self, config: TrainConfig, run_id: str | None) -> None:
+    def __init__(
+        self, config: TrainConfig, run_id: str | None, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> None:
         import mlflow
 
         self.mlflow = mlflow
@@ -283,7 +327,10 @@ class Tracker:
             experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id
-        self.run = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=config.run_name)
+        self.run = mlflow.start_run(
+            run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=config.run_name,
+            nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=tags,
+        )
         self.run_id = self.run.info.run_id
         self.uri = uri
 
@@ -319,8 +366,36 @@ class Tracker:
 # ---------------------------------------------------------------- main loop
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train, select the best epoch, choose the threshold, export; returns the best score."""
+def subsample_groups(samples: list[data_lib.Sample], fraction: float, seed: int) -> list[data_lib.Sample]:
+    """Keep a seeded share of the crop groups (a positive and its clean twin stay together)."""
+    if fraction >= 1:
+        return samples
+    groups = sorted({s.group for s in samples})
+    keep = set(random.Random(seed).sample(groups, max(1, round(len(groups) * fraction))))
+    return [s for s in samples if s.group in keep]
+
+
+def train(
+    config: TrainConfig,
+    *,
+    parent_run_id: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    on_epoch: EpochCallback | None = None,
+    label: str = "",
+) -> TrainResult:
+    """Train, select the best epoch, choose the threshold, export; returns the best score.
+
+    Args:
+        config: every option of the run.
+        parent_run_id: log as a nested MLflow run under this (active) parent run.
+        run_tags: extra MLflow tags of the run.
+        on_epoch: called after every epoch; returning True stops the run, which ends
+            as KILLED and raises :class:`TrainingStopped`.
+        label: prefix of the progress bars, e.g. ``trial 3``.
+
+    Raises:
+        TrainingStopped: when ``on_epoch`` asked to stop.
+    """
     config.validate()
     paths = output_paths(config)
     for key in ("root", "checkpoints", "reports"):
@@ -339,6 +414,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     seed_everything(config.seed)
     splits = data_lib.load_splits(Path(config.data), val_fraction=config.val_fraction, seed=config.seed)
+    splits.train = subsample_groups(splits.train, config.train_fraction, config.seed)
     if config.overlay_negatives:
         splits.train = splits.train + overlay_lib.overlay_negatives(
             splits.train, paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
@@ -360,17 +436,27 @@ def train(config: TrainConfig) -> TrainResult:
 
     cut = model_lib.block_index(config.unfreeze_from) if config.cache else 0
     cut = min(cut, len(model_lib.BLOCKS))
-    views = cache_lib.VIEWS if config.augment else ("orig",)
+    views = cache_lib.views_for(config.augment)
+    prefix = f"{label} " if label else ""
     t0 = time.time()
     # Features of the frozen blocks come from the pretrained (resumed) weights, which
     # stay unchanged for the whole run because those blocks never train.
-    train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, "cache train")
-    val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, "cache val")
-    cache_seconds = time.time() - t0
+    train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, f"{prefix}cache train")
+    val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, f"{prefix}cache val")
     val_labels = np.array([s.label for s in splits.val], dtype=int)
     train_groups = [s.group for s, _ in make_items(splits.train, views)]
     sampler = data_lib.PairBatchSampler(train_groups, config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=0)
+    # During the head stage nothing in the backbone trains, so the whole backbone's
+    # output can come from the cache too (shared by every run with these weights).
+    head_inputs = None
+    end = len(model_lib.BLOCKS)
+    resumed_epochs = resume_state["epoch"] + 1 if resume_state is not None else 0
+    if config.cache and cut < end and resumed_epochs < config.head_epochs:
+        head_train, _ = build_inputs(model, make_items(splits.train, views), spec, config, end, f"{prefix}cache head train")
+        head_val, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, end, f"{prefix}cache head val")
+        head_inputs = (DataLoader(head_train, batch_sampler=sampler, num_workers=0), head_val)
+    cache_seconds = time.time() - t0
 
     pos_weight = resolve_pos_weight(config, splits.train)
     criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
@@ -390,8 +476,9 @@ def train(config: TrainConfig) -> TrainResult:
         torch.set_rng_state(resume_state["torch_rng"])
         log.info("resuming after epoch %d (best %s %.4f)", first_epoch, config.select_metric, best_score)
 
-    tracker = Tracker(config, run_id)
+    tracker = Tracker(config, run_id, parent_run_id=parent_run_id, tags=run_tags)
     status = "FAILED"
+    best_in_memory: dict[str, Any] | None = None
     try:
         tracker.set_tags({"weights": config.weights, "normalization": normalization})
         tracker.log_params({**asdict(config), **counts, "pos_weight_value": round(pos_weight, 4), "cache_cut": model_lib.BLOCKS[cut - 1] if cut else "none"})
@@ -402,11 +489,13 @@ def train(config: TrainConfig) -> TrainResult:
             first_trainable = stage_block(config, epoch)
             sampler.set_epoch(epoch)
             t_epoch = time.time()
+            use_head = head_inputs is not None and first_trainable == model_lib.HEAD
+            epoch_loader, epoch_val, epoch_start = (*head_inputs, end) if use_head else (loader, val_set, start)
             train_loss = train_one_epoch(
-                model, loader, start, first_trainable, optimizer, criterion, config.aux_weight,
-                desc=f"epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
+                model, epoch_loader, epoch_start, first_trainable, optimizer, criterion, config.aux_weight,
+                desc=f"{prefix}epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
             )
-            val_scores, _, _ = evaluate_split(model, val_set, start, config, val_labels)
+            val_scores, _, _ = evaluate_split(model, epoch_val, epoch_start, config, val_labels)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
             row.update({f"val_{k}": v for k, v in val_scores.items()})
             history.append(row)
@@ -418,8 +507,8 @@ def train(config: TrainConfig) -> TrainResult:
             elif epoch >= config.head_epochs:
                 bad_epochs += 1
             log.info(
-                "epoch %d/%d %s+ loss %.4f | val %s %.4f f1 %.3f fpr %.3f%s (%.0fs)",
-                epoch + 1, config.epochs, first_trainable, train_loss, config.select_metric, score,
+                "%sepoch %d/%d %s+ loss %.4f | val %s %.4f f1 %.3f fpr %.3f%s (%.0fs)",
+                prefix, epoch + 1, config.epochs, first_trainable, train_loss, config.select_metric, score,
                 val_scores["f1"], val_scores["fpr"], " *best*" if improved else "", row["epoch_seconds"],
             )
             state = {
@@ -428,19 +517,32 @@ def train(config: TrainConfig) -> TrainResult:
                 "bad_epochs": bad_epochs, "normalization": normalization, "spec": spec.to_dict(),
                 "run_id": tracker.run_id, "torch_rng": torch.get_rng_state(),
             }
-            if improved:
-                save_checkpoint_atomic({**state, "optimizer": None}, best_path)
-            save_checkpoint_atomic(state, last_path)
+            if not config.save_checkpoints:
+                if improved:
+                    best_in_memory = {**state, "optimizer": None, "model": {k: v.detach().clone() for k, v in state["model"].items()}}
+            else:
+                if improved:
+                    save_checkpoint_atomic({**state, "optimizer": None}, best_path)
+                save_checkpoint_atomic(state, last_path)
+            if on_epoch is not None and on_epoch(epoch + 1, score, row):
+                status = "KILLED"
+                tracker.set_tags({"stopped_by": "epoch callback (pruned)"})
+                raise TrainingStopped(epoch + 1, best_score, tracker.run_id)
             if bad_epochs >= config.patience:
                 log.info("early stop: no %s improvement for %d epochs", config.select_metric, bad_epochs)
                 stopped_early = True
                 break
 
-        best = torch.load(best_path, map_location="cpu", weights_only=False)
+        if config.save_checkpoints:
+            best = torch.load(best_path, map_location="cpu", weights_only=False)
+        else:
+            assert best_in_memory is not None
+            best = best_in_memory
         model.load_state_dict(best["model"])
         val_scores, choice, probs = evaluate_split(model, val_set, start, config, val_labels)
         best["threshold"] = choice.to_dict()
-        save_checkpoint_atomic(best, best_path)
+        if config.save_checkpoints:
+            save_checkpoint_atomic(best, best_path)
         tracker.log_metrics({f"best_val_{k}": v for k, v in val_scores.items()})
         tracker.log_figure(metrics_lib.confusion_figure(val_scores, "validation (best epoch)"), "plots/confusion_matrix.png")
         tracker.log_figure(metrics_lib.pr_curve_figure(val_labels, probs, choice.threshold), "plots/pr_curve.png")
@@ -467,11 +569,21 @@ def train(config: TrainConfig) -> TrainResult:
             tracker.log_metrics({"export_parity_max_abs_diff": parity["max_abs_diff"]})
             tracker.log_artifacts(paths["export"], "export")
             log.info("exported to %s (parity max |diff| %.2e)", export_dir, parity["max_abs_diff"])
+        registered = None
+        if config.register:
+            from train import registry as registry_lib
+
+            registered = registry_lib.register_run_export(
+                tracker.uri, tracker.run_id, name=config.registered_model, description=f"val {config.select_metric} {best_score:.4f}"
+            )
+            tracker.set_tags({"registered_model": f"{registered.name}/{registered.version}"})
+            log.info("registered %s version %s (aliases: %s)", registered.name, registered.version, ", ".join(registered.aliases) or "none")
         status = "FINISHED"
         return TrainResult(
             best_score=best_score, select_metric=config.select_metric, val_metrics=val_scores,
             threshold=choice.to_dict(), epochs_run=len(history), export_dir=export_dir,
             run_id=tracker.run_id, history=history,
+            registered_version=registered.version if registered else None,
         )
     finally:
         tracker.end(status)
@@ -479,7 +591,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 RESUME_MUST_MATCH = (
     "data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction",
-    "overlay_negatives",
+    "overlay_negatives", "train_fraction",
 )
 
 

@@ -1,0 +1,510 @@
+"""Hyper-parameter tuning with Optuna; every trial is a real :func:`train.train.train` run.
+
+* The objective calls the same ``train()`` as the ``train`` command (no second loop),
+  with checkpoints kept in memory and no export, and reports the validation score
+  after every epoch so :class:`optuna.pruners.MedianPruner` can stop weak trials.
+* The study lives in an RDB storage (SQLite file by default; any SQLAlchemy URL, e.g.
+  PostgreSQL, lets several machines share one study). Rerunning the same command
+  resumes it: finished trials are kept, and a trial whose process died is marked
+  failed once its heartbeat goes stale and is run again once.
+* MLflow: one parent run per study; every trial is a nested run under it.
+* Trials share one feature cache, so the frozen lower blocks run once per image.
+* After every trial ``best_config.json`` (options ``train --config`` accepts) and
+  ``trials.csv`` are rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from train.export import write_json_atomic
+from train.train import TrainConfig, TrainingStopped, default_tracking_uri, train
+
+log = logging.getLogger(__name__)
+
+# Options a trial may not change: where things go and how the run is driven.
+NOT_TUNABLE = frozenset({
+    "data", "output", "cache", "cache_dir", "tracking_uri", "experiment", "run_name", "resume", "progress",
+    "save_checkpoints", "export", "export_tolerance", "register", "registered_model", "weights", "image_size",
+    "resize", "val_fraction", "train_fraction", "select_metric", "threshold_rule", "threshold_target", "epochs",
+    "head_epochs", "patience", "seed",
+})  # fmt: skip
+TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TUNABLE)
+# Options in best_config.json that describe the tuning run rather than the model.
+RUN_ONLY = ("output", "cache_dir", "run_name", "resume", "progress", "save_checkpoints", "export", "register")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched option: a float/int range (``log`` for a log scale) or choices."""
+
+    name: str
+    kind: str  # "float" | "int" | "categorical"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: Any) -> Any:
+        if self.kind == "float":
+            return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return f"{self.name} in {list(self.choices)}"
+        return f"{self.name} in [{self.low:g}, {self.high:g}]{' log' if self.log else ''}"
+
+
+DEFAULT_SPACE: tuple[Dimension, ...] = (
+    Dimension("lr", "float", 2e-4, 5e-3, log=True),
+    Dimension("backbone_lr_mult", "float", 0.05, 1.0, log=True),
+    Dimension("weight_decay", "float", 1e-6, 1e-2, log=True),
+    Dimension("batch_size", "categorical", choices=(8, 16, 32)),
+    # How many Inception blocks train after the head stage: Mixed_6a = 8 blocks, Mixed_7a = 3.
+    # The team measured that the Mixed_6 blocks must train, so Mixed_7b/7c-only is not searched.
+    Dimension("unfreeze_from", "categorical", choices=("Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a")),
+    Dimension("augment", "categorical", choices=(0, 1, 2)),
+    Dimension("dropout", "float", 0.0, 0.7),
+    Dimension("pos_weight", "float", 0.5, 3.0, log=True),
+)
+
+
+def baseline_params(space: tuple[Dimension, ...], base: TrainConfig, auto_pos_weight: float) -> dict[str, Any] | None:
+    """The base options as a point of the space (the untuned default), or None when a
+    base value lies outside it. ``pos_weight auto`` is its value on this data."""
+    params: dict[str, Any] = {}
+    for d in space:
+        value = getattr(base, d.name)
+        if d.name == "pos_weight":
+            value = auto_pos_weight if value == "auto" else float(value)
+        if d.kind == "categorical":
+            if value not in d.choices:
+                return None
+        elif not d.low <= value <= d.high:
+            return None
+        params[d.name] = value
+    return params
+
+
+def _auto_pos_weight(base: TrainConfig) -> float:
+    from train import data as data_lib
+    from train.train import resolve_pos_weight, subsample_groups
+
+    splits = data_lib.load_splits(Path(base.data), val_fraction=base.val_fraction, seed=base.seed)
+    return resolve_pos_weight(replace(base, pos_weight="auto"), subsample_groups(splits.train, base.train_fraction, base.seed))
+
+
+def _as_config_value(name: str, value: Any) -> Any:
+    """Search values -> TrainConfig values (``pos_weight`` is a string option)."""
+    if name == "pos_weight" and not isinstance(value, str):
+        return f"{float(value):.4g}"
+    return value
+
+
+def parse_space(spec: dict[str, Any], base: TrainConfig) -> tuple[Dimension, ...]:
+    """A search space from JSON: ``{"lr": {"low": 1e-4, "high": 1e-2, "log": true},
+    "batch_size": {"choices": [8, 16]}, "augment": {"low": 0, "high": 2, "int": true}}``.
+
+    Every bound and choice is checked with the training options' own validation, so
+    an impossible value fails here, before any trial starts.
+    """
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError("search space: expected a non-empty JSON object {option: {low, high[, log, int]} | {choices: [...]}}")
+    dims: list[Dimension] = []
+    for name, entry in spec.items():
+        if name not in TUNABLE:
+            raise ValueError(f"search space: unknown parameter {name!r}; tunable are {', '.join(TUNABLE)}")
+        if not isinstance(entry, dict):
+            raise ValueError(f"search space {name}: expected an object with low/high or choices, got {entry!r}")
+        extra = sorted(set(entry) - {"low", "high", "log", "int", "choices"})
+        if extra:
+            raise ValueError(f"search space {name}: unknown keys {extra}; allowed are low, high, log, int, choices")
+        if "choices" in entry:
+            choices = entry["choices"]
+            if not isinstance(choices, list) or not choices or len({json.dumps(c) for c in choices}) != len(choices):
+                raise ValueError(f"search space {name}: choices must be a non-empty list of distinct values, got {choices!r}")
+            dim = Dimension(name, "categorical", choices=tuple(choices))
+            values = list(choices)
+        else:
+            low, high = entry.get("low"), entry.get("high")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+                raise ValueError(f"search space {name}: low and high must be finite numbers, got low={low!r} high={high!r}")
+            if not low < high:
+                raise ValueError(f"search space {name}: invalid range low={low} >= high={high}")
+            log_scale = bool(entry.get("log", False))
+            if log_scale and low <= 0:
+                raise ValueError(f"search space {name}: a log range needs low > 0, got {low}")
+            kind = "int" if entry.get("int") else "float"
+            if kind == "int" and (int(low) != low or int(high) != high):
+                raise ValueError(f"search space {name}: an int range needs whole numbers, got {low}..{high}")
+            dim = Dimension(name, kind, float(low), float(high), log=log_scale)
+            values = [int(low), int(high)] if kind == "int" else [low, high]
+        for value in values:
+            try:
+                replace(base, **{name: _as_config_value(name, value)}).validate()
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"search space {name}: value {value!r} is not a valid training option ({exc})") from None
+        dims.append(dim)
+    return tuple(dims)
+
+
+def space_to_json(space: tuple[Dimension, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in space:
+        if d.kind == "categorical":
+            out[d.name] = {"choices": list(d.choices)}
+        else:
+            out[d.name] = {"low": d.low, "high": d.high, "log": d.log, **({"int": True} if d.kind == "int" else {})}
+    return out
+
+
+def load_space(path: Path | None, base: TrainConfig) -> tuple[Dimension, ...]:
+    """The search space of ``--space FILE`` (it replaces the default), else the default."""
+    if path is None:
+        return parse_space(space_to_json(DEFAULT_SPACE), base)
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--space {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--space {path}: not valid JSON ({exc})") from None
+    try:
+        return parse_space(spec, base)
+    except ValueError as exc:
+        raise ValueError(f"--space {path}: {exc}") from None
+
+
+@dataclass
+class TuneSettings:
+    """How the study runs (the base training options come as a :class:`TrainConfig`)."""
+
+    n_trials: int = 20
+    study_name: str = "watermark-tune"
+    storage: str | None = None
+    tune_dir: str | None = None
+    timeout: float | None = None
+    sampler_startup_trials: int = 6
+    pruner_startup_trials: int = 4
+    prune_from_epoch: int | None = None
+    heartbeat_seconds: int = 30
+    space_file: str | None = None
+    baseline: bool = True
+
+    def validate(self) -> None:
+        if self.n_trials < 1:
+            raise ValueError(f"--n-trials {self.n_trials}: must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"--timeout {self.timeout}: must be > 0 seconds")
+        for name in ("sampler_startup_trials", "pruner_startup_trials"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
+        if self.prune_from_epoch is not None and self.prune_from_epoch < 1:
+            raise ValueError(f"--prune-from-epoch {self.prune_from_epoch}: must be >= 1")
+        if self.heartbeat_seconds < 1:
+            raise ValueError(f"--heartbeat {self.heartbeat_seconds}: must be >= 1 second")
+        if not self.study_name or "/" in self.study_name:
+            raise ValueError(f"--study-name {self.study_name!r}: a non-empty name without '/'")
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    best_config_path: str | None
+    counts: dict[str, int]
+    parent_run_id: str
+    seconds: float
+
+
+def tune_paths(base: TrainConfig, settings: TuneSettings) -> dict[str, Path]:
+    root = Path(settings.tune_dir) if settings.tune_dir else Path(base.output) / "tune"
+    study = root / settings.study_name
+    return {"root": root, "study": study, "trials": study / "trials", "best": study / "best_config.json", "csv": study / "trials.csv"}
+
+
+def default_storage(root: Path) -> str:
+    return f"sqlite:///{(root / 'optuna.db').resolve()}"
+
+
+def open_storage(url: str, heartbeat_seconds: int):
+    """An Optuna RDB storage with heartbeats; a clear error when it cannot be reached."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    # Heartbeats and the retry callback are marked experimental; they are what makes
+    # an interrupted trial recoverable, so the warning is expected.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=2 * heartbeat_seconds,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    except (optuna.exceptions.StorageInternalError, ImportError, ValueError, Exception) as exc:  # noqa: BLE001 - any driver error
+        reason = str(exc).splitlines()[0][:300]
+        raise ValueError(f"--storage {url}: cannot open the study storage ({type(exc).__name__}: {reason})") from None
+
+
+def check_tracking(uri: str) -> None:
+    """Fail before any trial when the MLflow store cannot be reached (one quick request
+    to a tracking server, without MLflow's minutes of retries)."""
+    import os
+
+    from mlflow import MlflowClient
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in quick}
+    try:
+        for key, value in quick.items():
+            os.environ.setdefault(key, value)
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any store error is reported the same way
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ValueError(f"--tracking-uri {uri}: cannot reach the MLflow store ({reason})") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def close_orphan_runs(study: Any, parent_id: str, experiment_id: str) -> int:
+    """Mark FAILED the trial runs left RUNNING by a killed process (their trials failed)."""
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    client = MlflowClient()
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'"
+    )
+    closed = 0
+    for run in runs:
+        if run.data.tags.get("optuna.trial") in failed:
+            client.set_terminated(run.info.run_id, "FAILED")
+            closed += 1
+    return closed
+
+
+def trial_config(
+    base: TrainConfig, params: dict[str, Any], number: int, trials_dir: Path, cache_dir: Path, tracking_uri: str
+) -> TrainConfig:
+    """The training options of one trial: base options, the sampled values, and a
+    trial folder; checkpoints in memory, no export, the shared feature cache and
+    the study's MLflow store."""
+    values = {name: _as_config_value(name, value) for name, value in params.items()}
+    return replace(
+        base, **values, output=str(trials_dir / f"trial_{number:04d}"), cache_dir=str(cache_dir), tracking_uri=tracking_uri,
+        run_name=f"trial-{number}", resume=False, save_checkpoints=False, export=False, register=False,
+    )
+
+
+def best_config_values(base: TrainConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """Options ``train --config`` accepts: the base options with the best values in."""
+    values = asdict(replace(base, **{k: _as_config_value(k, v) for k, v in params.items()}))
+    for key in RUN_ONLY:
+        values.pop(key, None)
+    return values
+
+
+def _trial_rows(study: Any) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "epochs": len(t.intermediate_values),
+            "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+            "val_f1": t.user_attrs.get("val_f1"), "baseline": bool(t.user_attrs.get("baseline")), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            **{f"param_{k}": v for k, v in sorted(t.params.items())},
+        })  # fmt: skip
+    return rows
+
+
+def write_trials_csv(study: Any, path: Path) -> None:
+    rows = _trial_rows(study)
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _finished(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def trial_summary(trial: Any, total: int) -> str:
+    """The one line printed after every trial."""
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(trial.params.items()))
+    seconds = f"{trial.duration.total_seconds():.0f}s" if trial.duration else "?"
+    if trial.state.name == "COMPLETE":
+        f1 = trial.user_attrs.get("val_f1")
+        outcome = f"value {trial.value:.4f}" + (f" f1 {f1:.3f}" if f1 is not None else "")
+        if trial.user_attrs.get("baseline"):
+            outcome += " (untuned default)"
+    elif trial.state.name == "PRUNED":
+        last = max(trial.intermediate_values) if trial.intermediate_values else 0
+        outcome = f"pruned after epoch {last}"
+    else:
+        outcome = trial.state.name.lower()
+    return f"trial {trial.number + 1}/{total} {outcome} in {seconds} | {params}"
+
+
+def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
+    """Run (or resume) the study until ``n_trials`` trials have finished (complete or pruned)."""
+    import mlflow
+    import optuna
+
+    base.validate()
+    settings.validate()
+    space = load_space(Path(settings.space_file) if settings.space_file else None, base)
+    paths = tune_paths(base, settings)
+    storage_url = settings.storage or default_storage(paths["root"])
+    tracking_uri = base.tracking_uri or default_tracking_uri(Path(base.output))
+    storage = open_storage(storage_url, settings.heartbeat_seconds)
+    check_tracking(tracking_uri)
+    paths["trials"].mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(base.cache_dir) if base.cache_dir else Path(base.output) / "cache"
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        existing = optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        existing = None
+    done_before = _finished(existing) if existing is not None else 0
+    n_before = len(existing.trials) if existing is not None else 0
+    # Epochs are steps 1..E; by default the first chance to prune is after the first
+    # epoch that trains backbone blocks (head-only scores say little about a trial).
+    warmup = base.head_epochs + 1 if settings.prune_from_epoch is None else settings.prune_from_epoch
+    study = optuna.create_study(
+        study_name=settings.study_name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        # Reseeded with the number of trials so far: a resumed study does not redraw
+        # the random start-up points it has already tried.
+        sampler=optuna.samplers.TPESampler(seed=base.seed + n_before, n_startup_trials=settings.sampler_startup_trials),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=warmup),
+    )
+    if n_before == 0 and settings.baseline:
+        baseline = baseline_params(space, base, _auto_pos_weight(base))
+        if baseline is None:
+            log.info("the base options lie outside the search space; no baseline trial")
+        else:
+            # Trial 1 is the untuned default under the same budget, for an honest comparison.
+            study.enqueue_trial(baseline, user_attrs={"baseline": True})
+    stored_space = study.user_attrs.get("search_space")
+    if stored_space is not None and stored_space != space_to_json(space):
+        log.warning("study %s was started with another search space; TPE now samples the new one", settings.study_name)
+    study.set_user_attr("search_space", space_to_json(space))
+    study.set_user_attr("select_metric", base.select_metric)
+    remaining = settings.n_trials - done_before
+    log.info(
+        "study %s in %s: %d finished trial(s) so far, %d to run; space: %s",
+        settings.study_name, storage_url, done_before, max(0, remaining), "; ".join(d.describe() for d in space),
+    )
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name(base.experiment)
+    if experiment is None:
+        location = None if base.tracking_uri else (Path(base.output) / "mlflow" / "artifacts").resolve().as_uri()
+        experiment_id = mlflow.create_experiment(base.experiment, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    parent_id = study.user_attrs.get("mlflow_parent_run_id")
+    if parent_id is not None:
+        try:
+            mlflow.get_run(parent_id)
+        except Exception:  # noqa: BLE001 - the run was deleted from the store: start a new parent
+            parent_id = None
+    started = time.time()
+    with mlflow.start_run(run_id=parent_id, experiment_id=None if parent_id else experiment_id, run_name=None if parent_id else f"tune-{settings.study_name}") as parent:
+        parent_id = parent.info.run_id
+        study.set_user_attr("mlflow_parent_run_id", parent_id)
+        mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": storage_url, "kind": "tuning"})
+        if not mlflow.get_run(parent_id).data.params:
+            mlflow.log_params({"n_trials": settings.n_trials, "space": json.dumps(space_to_json(space))[:500], **{f"base_{k}": str(v)[:250] for k, v in asdict(base).items()}})
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {d.name: d.suggest(trial) for d in space}
+            config = trial_config(base, params, trial.number, paths["trials"], cache_dir, tracking_uri)
+
+            def report(epoch: int, score: float, row: dict[str, float]) -> bool:
+                trial.report(score, step=epoch)
+                return epoch < config.epochs and trial.should_prune()
+
+            tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number)}
+            try:
+                result = train(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
+            except TrainingStopped as stop:
+                trial.set_user_attr("mlflow_run_id", stop.run_id)
+                raise optuna.TrialPruned(str(stop)) from None
+            trial.set_user_attr("mlflow_run_id", result.run_id)
+            trial.set_user_attr("val_f1", result.val_metrics.get("f1"))
+            trial.set_user_attr("threshold", result.threshold.get("threshold"))
+            trial.set_user_attr("epochs_run", result.epochs_run)
+            return result.best_score
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            print(trial_summary(trial, settings.n_trials), flush=True)
+            write_trials_csv(study, paths["csv"])
+            try:
+                best = study.best_trial
+            except ValueError:
+                return
+            write_json_atomic(paths["best"], best_config_values(base, best.params))
+            mlflow.log_metrics({"best_value": float(best.value), "finished_trials": float(_finished(study))}, step=trial.number)
+            mlflow.set_tags({"best_trial": str(best.number), "best_mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))})
+
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, callbacks=[after_trial], gc_after_trial=True)
+        write_trials_csv(study, paths["csv"])
+        closed = close_orphan_runs(study, parent_id, experiment_id)
+        if closed:
+            log.info("marked %d MLflow run(s) of interrupted trials as FAILED", closed)
+        counts = {state: sum(1 for t in study.trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        mlflow.log_metrics({f"trials_{k.lower()}": float(v) for k, v in counts.items()})
+        try:
+            best = study.best_trial
+        except ValueError:
+            best = None
+        if best is not None:
+            write_json_atomic(paths["best"], best_config_values(base, best.params))
+            mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+            mlflow.log_artifact(str(paths["best"]))
+        mlflow.log_artifact(str(paths["csv"]))
+    return TuneResult(
+        study_name=settings.study_name, storage=storage_url, best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {}, best_trial=best.number if best else None,
+        best_config_path=str(paths["best"]) if best else None, counts=counts, parent_run_id=parent_id,
+        seconds=time.time() - started,
+    )
