@@ -43,6 +43,12 @@ RUN sed -i \
     && ! grep -qi '^disable_token_authorization *= *true' /home/model-server/config.properties \
     && grep -q '^allowed_urls=^\$$' /home/model-server/config.properties
 
+# onnxruntime serves archives built with create_mar.sh --format onnx (TorchScript needs
+# nothing extra). OMP_WAIT_POLICY: idle OpenMP threads sleep instead of spinning, as
+# scripts/serve.sh sets it (measured in scripts/bench.py).
+RUN pip install --no-cache-dir onnxruntime==1.31.1
+ENV OMP_WAIT_POLICY=PASSIVE
+
 EXPOSE 8080 8081 8082
 
 # /ping needs the inference key too (TorchServe 0.12 guards every inference-port route).

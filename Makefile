@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo tune bench-quality test test-fast lint serve stop key clean
+.PHONY: venv demo tune bench bench-quality test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -16,6 +16,9 @@ tune: venv  ## 20-trial Optuna study on the demo dataset (built if missing); see
 	@scripts/setup_fonts.sh
 	@[ -f demo_data/manifest.json ] || $(PY) -m train demo-data demo_data --overwrite
 	$(PY) -m train tune --data demo_data --output artifacts --n-trials 20
+
+bench: venv  ## inference benchmark: raw backends, preprocessing, TorchServe end to end -> bench/results.md
+	$(PY) scripts/bench.py --out bench/results.md
 
 bench-quality: venv  ## train on the demo split, evaluate on test / held-out styles / hard negatives
 	@scripts/setup_fonts.sh

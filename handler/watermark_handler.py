@@ -40,6 +40,14 @@ on the metrics port, with a Hostname label added by the frontend)::
 
 Reasons: empty, undecodable, too_small, too_many_pixels (preprocess.REJECT_REASONS) and the
 handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error.
+
+Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default) or
+``model.onnx`` (onnxruntime, usually faster on CPU); both take the same normalised
+``[N, 3, S, S]`` batch and return logits ``[N, 1]``. ``handler.threads`` in
+model-config.yaml sets the intra-op threads of either backend (create_mar.sh writes
+cores / workers). On CUDA the batch goes through pinned host memory, the TorchScript
+model runs in ``channels_last`` and, with ``handler.cuda_half: true``, under float16
+autocast; onnxruntime uses its CUDA provider when it has one. None of this runs on CPU.
 """
 
 from __future__ import annotations
@@ -69,7 +77,8 @@ MODEL_INFO_FILE = "model_info.json"
 # Field names tried, in order, for the image bytes of one request.
 BODY_KEYS = ("data", "body", "file", "image")
 # Settings accepted under ``handler:`` in the archive's model-config.yaml.
-HANDLER_SETTINGS = {"max_pixels", "profile"}
+HANDLER_SETTINGS = {"max_pixels", "profile", "threads", "cuda_half"}
+MODEL_FORMATS = {".pt": "torchscript", ".onnx": "onnx"}
 REASON_MAX_CHARS = 200
 # How error messages name the input (the client sees only its own request).
 SOURCE = "request body"
@@ -85,6 +94,34 @@ HOW_TO_SEND = (
     "send the raw image bytes as the request body (curl -T photo.jpg, or Content-Type "
     "image/* or application/octet-stream) or as a multipart form field named 'data' or 'file'"
 )
+
+
+def onnx_runner(path: str, *, threads: int, device: torch.device) -> Any:
+    """A callable ``tensor [N,3,S,S] -> logits tensor [N,1]`` backed by onnxruntime.
+
+    A function, not a class: TorchServe requires exactly one class in this module.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads sleep instead of spinning: the frontend and the other workers
+    # share these cores between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    session = ort.InferenceSession(path, options, providers=providers)
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(session.run(None, {input_name: array})[0])
+
+    run.providers = session.get_providers()  # type: ignore[attr-defined]
+    return run
 
 
 def _read_json(path: str, what: str) -> Any:
@@ -216,6 +253,9 @@ class WatermarkHandler(BaseHandler):
         self.model_version = "unknown"
         self.model_info: dict[str, Any] = {}
         self.settings: dict[str, Any] = {}
+        self.model_format = "torchscript"
+        self.threads = 1
+        self.cuda_half = False
 
     # ------------------------------------------------------------------ loading
     def initialize(self, context) -> None:
@@ -223,20 +263,37 @@ class WatermarkHandler(BaseHandler):
         model_dir = properties.get("model_dir") or "."
         manifest = getattr(context, "manifest", None) or {}
         model_section = manifest.get("model", {}) if isinstance(manifest, dict) else {}
-        serialized = model_section.get("serializedFile")
-        if not serialized or not str(serialized).endswith(".pt"):
+        serialized = str(model_section.get("serializedFile") or "")
+        self.model_format = MODEL_FORMATS.get(os.path.splitext(serialized)[1], "")
+        if not self.model_format:
             raise RuntimeError(
-                f"MANIFEST serializedFile={serialized!r}: expected the TorchScript file model.pt; "
+                f"MANIFEST serializedFile={serialized!r}: expected model.pt (TorchScript) or model.onnx (ONNX); "
                 "build the archive with scripts/create_mar.sh"
             )
         if model_section.get("modelFile"):
-            raise RuntimeError("MANIFEST has a modelFile: this handler serves TorchScript only (no eager model.py)")
+            raise RuntimeError("MANIFEST has a modelFile: this handler serves TorchScript or ONNX only (no eager model.py)")
         model_path = os.path.join(model_dir, serialized)
         if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"{model_path}: TorchScript model not found in the model directory")
+            raise FileNotFoundError(f"{model_path}: {self.model_format} model not found in the model directory")
 
-        # BaseHandler picks the device (gpu_id) and torch.jit.load()s model.pt, then eval().
-        super().initialize(context)
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        settings = yaml_config.get("handler") or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"model-config.yaml handler: must be a mapping, got {settings!r}")
+        threads = settings.get("threads", torch.get_num_threads())
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"model-config.yaml handler.threads={threads!r}: must be an integer >= 1")
+        self.threads = threads
+        torch.set_num_threads(threads)
+
+        if self.model_format == "torchscript":
+            # BaseHandler picks the device (gpu_id) and torch.jit.load()s model.pt, then eval().
+            super().initialize(context)
+        else:
+            self._initialize_onnx(context, model_path)
+        self.cuda_half = bool(settings.get("cuda_half", False)) and self.device.type == "cuda"
+        if self.device.type == "cuda" and self.model_format == "torchscript":
+            self.model = self.model.to(memory_format=torch.channels_last)
 
         self.spec = PreprocessSpec.load(os.path.join(model_dir, SPEC_FILE))
         self.threshold = load_threshold(os.path.join(model_dir, THRESHOLD_FILE))
@@ -248,10 +305,6 @@ class WatermarkHandler(BaseHandler):
         self.model_name = getattr(context, "model_name", None) or model_section.get("modelName") or "watermark"
         self.model_version = str(model_section.get("modelVersion") or "unknown")
 
-        yaml_config = getattr(context, "model_yaml_config", None) or {}
-        settings = yaml_config.get("handler") or {}
-        if not isinstance(settings, dict):
-            raise ValueError(f"model-config.yaml handler: must be a mapping, got {settings!r}")
         unknown = sorted(set(settings) - HANDLER_SETTINGS)
         if unknown:
             logger.warning("model-config.yaml handler: ignoring unknown keys %s (known: %s)", unknown, sorted(HANDLER_SETTINGS))
@@ -263,9 +316,23 @@ class WatermarkHandler(BaseHandler):
 
         self._check_model_contract()
         logger.info(
-            "watermark handler ready: model=%s version=%s device=%s image_size=%d threshold=%s max_pixels=%d",
-            self.model_name, self.model_version, self.device, self.spec.image_size, self.threshold, self.max_pixels,
+            "watermark handler ready: model=%s version=%s format=%s device=%s threads=%d image_size=%d threshold=%s max_pixels=%d",
+            self.model_name, self.model_version, self.model_format, self.device, self.threads, self.spec.image_size,
+            self.threshold, self.max_pixels,
         )
+
+    def _initialize_onnx(self, context, model_path: str) -> None:
+        """What BaseHandler.initialize does for TorchScript, for an onnxruntime session."""
+        properties = context.system_properties
+        self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.manifest = context.manifest
+        self.model_pt_path = model_path
+        gpu_id = properties.get("gpu_id")
+        on_gpu = torch.cuda.is_available() and gpu_id is not None
+        self.map_location = "cuda" if on_gpu else "cpu"
+        self.device = torch.device(f"cuda:{gpu_id}" if on_gpu else "cpu")
+        self.model = onnx_runner(model_path, threads=self.threads, device=self.device)
+        self.initialized = True
 
     def _check_model_contract(self) -> None:
         """Fail at load time (not on the first request) if model.pt does not map [N,3,S,S] -> [N,1]."""
@@ -283,18 +350,40 @@ class WatermarkHandler(BaseHandler):
             raise RuntimeError(f"model.pt returned {shape} for a batch of 2; expected logits of shape [2, 1]")
 
     # ---------------------------------------------------------------- per batch
+    def _decode(self, body: bytes) -> torch.Tensor:
+        image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE, draft_size=self.spec.draft_size)
+        return image_to_tensor(image, self.spec)
+
     @timed
     def preprocess(self, data):
-        """Decode every request; returns the stacked good images plus per-index errors."""
+        """Decode every request; returns the stacked good images plus per-index errors.
+
+        Images of a batch decode in parallel on ``threads`` threads (Pillow releases the
+        GIL while decoding and resizing); results keep request order.
+        """
         tensors, good, errors, tags = [], [], {}, {}
+        bodies: dict[int, bytes] = {}
         for idx, row in enumerate(data):
             try:
                 tag = check_request_tag(header_value(self.context, idx, REQUEST_TAG_HEADER))
                 if tag is not None:
                     tags[idx] = tag
-                body = extract_body(row)
-                image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE)
-                tensors.append(image_to_tensor(image, self.spec))
+                bodies[idx] = extract_body(row)
+            except ImageDecodeError as exc:
+                errors[idx] = (exc.status, str(exc), exc.reason)
+            except Exception as exc:  # never let one odd request take the batch down
+                logger.warning("batch item %d: unexpected request failure", idx, exc_info=True)
+                errors[idx] = (400, f"{SOURCE}: could not read the request ({type(exc).__name__}: {exc})", "processing_error")
+        if len(bodies) > 1 and self.threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(self.threads, len(bodies))) as pool:
+                futures = {idx: pool.submit(self._decode, body) for idx, body in bodies.items()}
+        else:
+            futures = None
+        for idx, body in bodies.items():
+            try:
+                tensors.append(futures[idx].result() if futures is not None else self._decode(body))
                 good.append(idx)
             except ImageDecodeError as exc:  # its message already states the limit that applies
                 errors[idx] = (exc.status, str(exc), exc.reason)
@@ -305,15 +394,21 @@ class WatermarkHandler(BaseHandler):
                 )
         for idx, (status, message, reason) in errors.items():
             logger.info("batch item %d rejected with %d (%s): %s", idx, status, reason, message)
-        batch = torch.stack(tensors).to(self.device) if tensors else None
+        batch = self._to_device(torch.stack(tensors)) if tensors else None
         return {"size": len(data), "tensor": batch, "good": good, "errors": errors, "tags": tags}
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """CPU: as is. CUDA: through pinned memory, asynchronously, channels_last for TorchScript."""
+        if self.device.type != "cuda" or self.model_format != "torchscript":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     @timed
     def inference(self, data, *args, **kwargs):
         """One forward pass over the stacked good images (none if all failed)."""
         logits: list[float] = []
         if data["tensor"] is not None:
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda_half):
                 out = self.model(data["tensor"], *args, **kwargs)
             if out.numel() != len(data["good"]):
                 raise RuntimeError(f"model returned {tuple(out.shape)} for {len(data['good'])} images; expected [N, 1]")

@@ -6,7 +6,7 @@
 # registry version.
 #
 # The archive holds (flat, as TorchServe unpacks them into the model directory):
-#   model.pt              TorchScript model (--serialized-file)
+#   model.pt | model.onnx TorchScript (default) or ONNX model (--format onnx) (--serialized-file)
 #   watermark_handler.py  handler/watermark_handler.py (--handler)
 #   preprocess.py         handler/preprocess.py, the one preprocessing definition
 #   preprocess.json       PreprocessSpec of the export
@@ -34,6 +34,8 @@ MAX_PIXELS=""
 ARCHIVE_NAME=""
 VERSIONED=0
 FROM_REGISTRY=""
+FORMAT="torchscript"
+THREADS=""
 TRACKING_URI=""
 EXPORT_DIR_SET=0
 VERSION_SET=0
@@ -47,6 +49,11 @@ Bundle an exported watermark model into a TorchServe archive MODEL_STORE/NAME.ma
 Options:
   --export-dir DIR        export folder with model.pt, preprocess.json, threshold.json
                           and optionally model_info.json          (default: artifacts/export)
+  --format F              torchscript (model.pt, default) or onnx (model.onnx, served
+                          with onnxruntime; add it with python -m train export-onnx)
+  --threads N             intra-op threads per worker (handler.threads); default: unset,
+                          the worker uses all cores (right for --workers 1); with
+                          --workers W on C cores use C / W
   --from-registry URI     take the bundle from the MLflow model registry instead, e.g.
                           models:/watermark@champion or models:/watermark/3; the archive
                           version is then the registry version
@@ -89,6 +96,8 @@ while [[ $# -gt 0 ]]; do
         --export-dir) need_value "$@"; EXPORT_DIR="$2"; EXPORT_DIR_SET=1; shift 2 ;;
         --version) need_value "$@"; VERSION="$2"; VERSION_SET=1; shift 2 ;;
         --from-registry) need_value "$@"; FROM_REGISTRY="$2"; shift 2 ;;
+        --format) need_value "$@"; FORMAT="$2"; shift 2 ;;
+        --threads) need_value "$@"; THREADS="$2"; shift 2 ;;
         --tracking-uri) need_value "$@"; TRACKING_URI="$2"; shift 2 ;;
         --model-name) need_value "$@"; MODEL_NAME="$2"; shift 2 ;;
         --model-store) need_value "$@"; MODEL_STORE="$2"; shift 2 ;;
@@ -157,6 +166,16 @@ fi
 ARCHIVE_NAME="${ARCHIVE_NAME%.mar}"
 [[ "$ARCHIVE_NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] \
     || die "invalid --archive-name '$ARCHIVE_NAME': letters, digits, '_', '-', '.'; must start with a letter or digit (no '/')"
+case "$FORMAT" in
+    torchscript) MODEL_FILE="model.pt" ;;
+    onnx) MODEL_FILE="model.onnx" ;;
+    *) die "invalid --format '$FORMAT': allowed are torchscript and onnx" ;;
+esac
+if [[ -n "$THREADS" ]]; then
+    [[ "$THREADS" =~ ^[1-9][0-9]{0,3}$ ]] || die "invalid --threads '$THREADS': must be a positive integer"
+elif [[ "$WORKERS" -gt 1 ]]; then
+    echo "create_mar.sh: note: each of the $WORKERS workers uses all cores; consider --threads CORES/$WORKERS" >&2
+fi
 if [[ -n "$MAX_PIXELS" ]]; then
     [[ "$MAX_PIXELS" =~ ^[1-9][0-9]{1,10}$ && "$MAX_PIXELS" -ge 64 ]] \
         || die "invalid --max-pixels '$MAX_PIXELS': must be an integer >= 64"
@@ -164,8 +183,11 @@ fi
 
 HOW_TO_EXPORT="produce it with 'make demo' or 'python -m train export' (or pass --export-dir)"
 [[ -d "$EXPORT_DIR" ]] || die "export folder '$EXPORT_DIR' not found; $HOW_TO_EXPORT"
-for f in model.pt preprocess.json threshold.json; do
-    [[ -s "$EXPORT_DIR/$f" ]] || die "'$EXPORT_DIR/$f' is missing or empty; $HOW_TO_EXPORT"
+for f in "$MODEL_FILE" preprocess.json threshold.json; do
+    if [[ ! -s "$EXPORT_DIR/$f" ]]; then
+        [[ "$f" == model.onnx ]] && die "'$EXPORT_DIR/model.onnx' is missing; add it with: python -m train export-onnx --export $EXPORT_DIR"
+        die "'$EXPORT_DIR/$f' is missing or empty; $HOW_TO_EXPORT"
+    fi
 done
 HANDLER_FILE="$REPO_ROOT/handler/watermark_handler.py"
 PREPROCESS_FILE="$REPO_ROOT/handler/preprocess.py"
@@ -216,6 +238,11 @@ CONFIG_FILE="$WORK_DIR/model-config.yaml"
     echo "# Read by WatermarkHandler (context.model_yaml_config[\"handler\"])."
     echo "handler:"
     echo "  profile: false  # true adds ts_handler_* timing metrics"
+    if [[ -n "$THREADS" ]]; then
+        echo "  threads: $THREADS"
+    else
+        echo "  # threads: unset -> all cores (one worker)"
+    fi
     if [[ -n "$MAX_PIXELS" ]]; then
         echo "  max_pixels: $MAX_PIXELS"
     else
@@ -231,7 +258,7 @@ fi
 "$ARCHIVER" \
     --model-name "$MODEL_NAME" \
     --version "$VERSION" \
-    --serialized-file "$EXPORT_DIR/model.pt" \
+    --serialized-file "$EXPORT_DIR/$MODEL_FILE" \
     --handler "$HANDLER_FILE" \
     --extra-files "$EXTRA_FILES" \
     --config-file "$CONFIG_FILE" \
@@ -239,7 +266,7 @@ fi
 
 [[ -s "$WORK_DIR/$MODEL_NAME.mar" ]] || die "torch-model-archiver did not produce $WORK_DIR/$MODEL_NAME.mar"
 mv -f "$WORK_DIR/$MODEL_NAME.mar" "$TARGET"
-echo "Wrote $TARGET (model $MODEL_NAME, version $VERSION, batchSize $BATCH_SIZE, maxBatchDelay ${MAX_BATCH_DELAY}ms)"
+echo "Wrote $TARGET (model $MODEL_NAME, version $VERSION, $FORMAT, batchSize $BATCH_SIZE, maxBatchDelay ${MAX_BATCH_DELAY}ms)"
 if [[ "$ARCHIVE_NAME" != "$MODEL_NAME" ]]; then
     echo "Serve it next to the running version: scripts/models.py register $ARCHIVE_NAME.mar"
 fi

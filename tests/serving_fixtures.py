@@ -80,7 +80,7 @@ def expected_probability(export_dir: str | Path, data: bytes) -> float:
     export_dir = Path(export_dir)
     spec = PreprocessSpec.load(export_dir / SPEC_FILE)
     model = torch.jit.load(str(export_dir / "model.pt"), map_location="cpu").eval()
-    tensor = image_to_tensor(decode_image(data, max_pixels=spec.max_pixels), spec)
+    tensor = image_to_tensor(decode_image(data, max_pixels=spec.max_pixels, draft_size=spec.draft_size), spec)
     with torch.no_grad():
         logit = model(tensor.unsqueeze(0)).reshape(-1)[0].item()
     return sigmoid(logit)

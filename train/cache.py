@@ -66,7 +66,8 @@ def apply_view(image: Image.Image, view: str) -> Image.Image:
 
 def pixel_tensor(sample: Sample, view: str, spec: PreprocessSpec) -> torch.Tensor:
     """The normalised model input for one file and view (serving preprocessing)."""
-    return image_to_tensor(apply_view(load_image_file(sample.path, max_pixels=spec.max_pixels), view), spec)
+    image = load_image_file(sample.path, max_pixels=spec.max_pixels, draft_size=spec.draft_size)
+    return image_to_tensor(apply_view(image, view), spec)
 
 
 class PixelDataset(Dataset):

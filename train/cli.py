@@ -6,6 +6,7 @@ Commands:
     tune       Optuna search over training options; every trial is a nested MLflow run
     registry   MLflow model registry: list versions, promote an alias, fetch a bundle
     export     re-export TorchScript + spec + threshold from a training checkpoint
+    export-onnx  add model.onnx (parity-checked against TorchScript) to an export bundle
     predict    score an unlabelled image folder with an export bundle -> CSV
     evaluate   metrics, per-style breakdown, curves and worst-error sheets on a labelled folder
 """
@@ -231,6 +232,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from train.export import export_onnx
+
+    result = export_onnx(args.export, tolerance=args.tolerance, opset=args.opset)
+    print(
+        f"wrote {result['path']} (opset {result['opset']}, max |logit diff| vs TorchScript {result['max_abs_diff']:.2e}); "
+        f"archive it with: scripts/create_mar.sh --export-dir {args.export} --format onnx"
+    )
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from train.predict import predict_folder
 
@@ -332,6 +344,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_export.add_argument("--out", type=Path, default=Path("artifacts/export"), help="export folder, replaced atomically (default artifacts/export)")
     p_export.add_argument("--threshold", type=float, help="override the checkpoint's threshold (probability in (0, 1))")
     p_export.set_defaults(func=cmd_export)
+    p_onnx = sub.add_parser(
+        "export-onnx", help="add model.onnx to an export bundle (onnxruntime serving)",
+        description="Convert the bundle's TorchScript model to ONNX (dynamic batch), check onnxruntime against "
+        "TorchScript on random inputs, and write model.onnx into the bundle (nothing is written when parity fails).",
+    )
+    p_onnx.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    p_onnx.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p_onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p_onnx.set_defaults(func=cmd_export_onnx)
     p_predict = sub.add_parser("predict", help="score an unlabelled image folder with an export bundle -> CSV")
     p_predict.add_argument("--input", type=Path, required=True, help="image folder, searched recursively (e.g. DATA/test)")
     p_predict.add_argument("--out", type=Path, required=True, help="CSV to write: file,probability,watermark,error")

@@ -148,3 +148,63 @@ def load_export(export_dir: Path) -> tuple[torch.jit.ScriptModule, PreprocessSpe
     spec = PreprocessSpec.load(export_dir / SPEC_FILE)
     threshold = json.loads((export_dir / THRESHOLD_FILE).read_text(encoding="utf-8"))
     return model, spec, threshold
+
+
+ONNX_FILE = "model.onnx"
+ONNX_OPSET = 17
+
+
+def export_onnx(
+    export_dir: Path, *, tolerance: float = DEFAULT_TOLERANCE, opset: int = ONNX_OPSET, real_inputs: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Add ``model.onnx`` to an export bundle, converted from its TorchScript model.
+
+    The ONNX graph takes the same input ``[N, 3, S, S]`` (dynamic batch) and returns the
+    same logits ``[N, 1]``; onnxruntime's output must match TorchScript's within
+    ``tolerance`` on batches of 1 and 3 (and ``real_inputs``), or nothing is written.
+    ``model_info.json`` records the opset and the measured difference.
+
+    Raises:
+        FileNotFoundError: the bundle is incomplete.
+        ExportError: parity above ``tolerance``.
+        RuntimeError: onnx or onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RuntimeError("ONNX export needs onnx and onnxruntime (pip install -r requirements.txt)") from None
+    import warnings
+
+    export_dir = Path(export_dir)
+    model, spec, _ = load_export(export_dir)
+    size = spec.image_size
+    example = torch.zeros(2, 3, size, size)
+    staging = export_dir / f".{ONNX_FILE}.tmp-{int(time.time() * 1000)}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
+            torch.onnx.export(
+                model, (example,), str(staging), dynamo=False, opset_version=opset, input_names=["input"],
+                output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        session = ort.InferenceSession(str(staging), options, providers=["CPUExecutionProvider"])
+        worst = 0.0
+        with torch.no_grad():
+            for batch in parity_inputs(spec, real_inputs):
+                expected = model(batch).numpy()
+                got = session.run(None, {"input": batch.numpy()})[0]
+                if got.shape != expected.shape:
+                    raise ExportError(f"ONNX output shape {got.shape} differs from TorchScript {expected.shape}")
+                worst = max(worst, float(abs(got - expected).max()))
+        if not worst <= tolerance:
+            raise ExportError(f"ONNX model differs from TorchScript by {worst:.3g} > tolerance {tolerance:.3g}; nothing written")
+        info_path = export_dir / INFO_FILE
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        info["onnx"] = {"file": ONNX_FILE, "opset": opset, "max_abs_diff": worst, "tolerance": tolerance, "onnxruntime": ort.__version__}
+        staging.replace(export_dir / ONNX_FILE)
+        write_json_atomic(info_path, info)
+    finally:
+        staging.unlink(missing_ok=True)
+    return {"max_abs_diff": worst, "tolerance": tolerance, "path": str(export_dir / ONNX_FILE), "opset": opset}

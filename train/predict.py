@@ -156,7 +156,7 @@ def score_files(
                 for idx in chunk:
                     path = paths[idx]
                     try:
-                        image = load_image_file(path, max_pixels=spec.max_pixels)
+                        image = load_image_file(path, max_pixels=spec.max_pixels, draft_size=spec.draft_size)
                         per_view = [_view_tensor(image, view) for view in views]
                     except ImageDecodeError as exc:
                         errors[path] = str(exc)

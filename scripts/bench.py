@@ -1,0 +1,464 @@
+#!/usr/bin/env python3
+"""Inference benchmark: raw backends, preprocessing by input size, and TorchServe end to end.
+
+Everything is measured in ONE run on this machine and printed as a markdown table
+(also written to --out, default bench/results.md):
+
+* raw model images/s at batch 1 and 8 for each backend available: eager PyTorch,
+  TorchScript (model.pt) and onnxruntime (model.onnx), plus CUDA rows on a GPU;
+* preprocessing time per image (decode + resize + normalise) for a 600 x 600 JPEG, a
+  12-megapixel JPEG and a large PNG, fast path (JPEG draft decoding) against the plain
+  full decode, next to the model's time per image;
+* the model served by a real TorchServe on loopback ports (token auth on), one archive per
+  backend, driven by concurrent HTTP clients so that batches form; served / raw ratios.
+
+Timings are medians over --repeats repetitions. The model is the export bundle given by
+--export (default artifacts/export, from `make demo`); without one, an untrained model of
+the same architecture is exported to a temporary folder (speed does not depend on the
+weights). Run it with `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# As scripts/serve.sh and the Dockerfile set it, before torch starts its OpenMP pool: idle
+# threads sleep instead of spinning (faster here for the raw model and the served one).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from handler.preprocess import PreprocessSpec, bytes_to_tensor  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def median_rate(fn: Callable[[], Any], items: int, repeats: int, warmup: int = 1) -> float:
+    """Median items/s of ``fn`` (which processes ``items`` items) over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        rates.append(items / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def real_mosaic(width: int, height: int) -> Image.Image:
+    """Real photos (scikit-image, scikit-learn) tiled at native scale: photo-like detail."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    tiles = [Image.fromarray(a) for a in (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea())]
+    tiles += [Image.fromarray(a) for a in load_sample_images().images]
+    canvas = Image.new("RGB", (width, height))
+    x = y = k = 0
+    while y < height:
+        tile = tiles[k % len(tiles)]
+        canvas.paste(tile, (x, y))
+        x, k = x + tile.width, k + 1
+        if x >= width:
+            x, y = 0, y + min(t.height for t in tiles)
+    return canvas
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def inputs_by_size() -> dict[str, bytes]:
+    mosaic = real_mosaic(4000, 3000)
+    return {
+        "600 x 600 JPEG": encode(mosaic.crop((0, 0, 600, 600)), "JPEG", quality=90),
+        "4000 x 3000 JPEG (12 MP)": encode(mosaic, "JPEG", quality=90),
+        "3000 x 2000 PNG": encode(mosaic.crop((0, 0, 3000, 2000)), "PNG"),
+    }
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def prepare_export(export: Path | None, workdir: Path) -> tuple[Path, str]:
+    """A bundle with model.pt and model.onnx; returns (folder, description)."""
+    from train.export import ONNX_FILE, export_model, export_onnx
+
+    if export is not None and (export / "model.pt").is_file():
+        bundle = workdir / "export"
+        shutil.copytree(export, bundle)
+        what = f"{export} (trained export)"
+    else:
+        from train.model import WatermarkNet
+
+        torch.manual_seed(0)
+        spec = PreprocessSpec()
+        bundle = workdir / "export"
+        export_model(WatermarkNet(), spec, {"threshold": 0.5, "rule": "manual"}, bundle, info={"model_name": "watermark"})
+        what = "untrained Inception V3 of the same architecture (no --export bundle found)"
+    if not (bundle / ONNX_FILE).is_file():
+        export_onnx(bundle)
+    return bundle, what
+
+
+def eager_model(bundle: Path) -> torch.nn.Module:
+    from train.model import WatermarkNet
+
+    info_path = bundle / "model_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    config = info.get("config", {})
+    return WatermarkNet(pool=config.get("pool", "avgmax"), dropout=config.get("dropout", 0.5)).eval()
+
+
+def raw_rows(bundle: Path, spec: PreprocessSpec, threads: int, repeats: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    import onnxruntime as ort
+
+    size = spec.image_size
+    backends: dict[str, Callable[[torch.Tensor], Any]] = {}
+    eager = eager_model(bundle)
+    scripted = torch.jit.load(str(bundle / "model.pt"), map_location="cpu").eval()
+
+    def torch_runner(model: torch.nn.Module) -> Callable[[torch.Tensor], Any]:
+        def run(x: torch.Tensor) -> Any:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+
+    backends["eager (PyTorch)"] = torch_runner(eager)
+    backends["TorchScript"] = torch_runner(scripted)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    backends[f"ONNX (onnxruntime {ort.__version__})"] = lambda x: session.run(None, {"input": x.numpy()})
+
+    rows, rates = [], {}
+    for name, run in backends.items():
+        for batch in (1, 8):
+            x = torch.randn(batch, 3, size, size)
+            iterations = 4 if batch == 1 else 1
+            rate = median_rate(lambda: [run(x) for _ in range(iterations)], batch * iterations, repeats)
+            rates[f"{name}|{batch}"] = rate
+            rows.append({"backend": name, "device": "cpu", "batch": batch, "images/s": rate, "ms/image": 1000 / rate})
+    if torch.cuda.is_available():  # GPU rows: fp32 and fp16 autocast, channels_last, pinned input
+        device = torch.device("cuda")
+        gpu_model = torch.jit.load(str(bundle / "model.pt"), map_location=device).eval().to(memory_format=torch.channels_last)
+        for half in (False, True):
+            for batch in (1, 8, 32):
+                host = torch.randn(batch, 3, size, size).pin_memory()
+
+                def run_gpu() -> None:
+                    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=half):
+                        x = host.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                        gpu_model(x)
+                    torch.cuda.synchronize()
+
+                rate = median_rate(lambda: [run_gpu() for _ in range(5)], batch * 5, repeats, warmup=3)
+                name = f"TorchScript CUDA {'fp16 autocast' if half else 'fp32'}"
+                rows.append({"backend": name, "device": torch.cuda.get_device_name(), "batch": batch, "images/s": rate, "ms/image": 1000 / rate})
+    return rows, rates
+
+
+def preprocess_rows(spec: PreprocessSpec, repeats: int) -> list[dict[str, Any]]:
+    fast = spec if spec.jpeg_draft else PreprocessSpec.from_dict({**spec.to_dict(), "jpeg_draft": True})
+    plain = PreprocessSpec.from_dict({**spec.to_dict(), "jpeg_draft": False})
+    rows = []
+    for name, data in inputs_by_size().items():
+        rows.append({
+            "input": name, "bytes": len(data),
+            "fast ms": median_ms(lambda: bytes_to_tensor(data, fast), repeats * 2),
+            "plain ms": median_ms(lambda: bytes_to_tensor(data, plain), repeats * 2),
+        })  # fmt: skip
+    return rows
+
+
+# ----------------------------------------------------------------------------- served
+
+
+class Served:
+    """A private TorchServe on free loopback ports serving one archive (token auth on)."""
+
+    def __init__(self, workdir: Path, archive: Path) -> None:
+        self.dir = workdir
+        self.store = workdir / "store"
+        self.store.mkdir(parents=True)
+        shutil.copy(archive, self.store / "watermark.mar")
+        self.ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc_i", "grpc_m")}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['inference']}/predictions/watermark"
+
+    def __enter__(self) -> Served:
+        config = self.dir / "config.properties"
+        config.write_text(
+            "\n".join([
+                f"inference_address=http://127.0.0.1:{self.ports['inference']}",
+                f"management_address=http://127.0.0.1:{self.ports['management']}",
+                f"metrics_address=http://127.0.0.1:{self.ports['metrics']}",
+                "grpc_inference_address=127.0.0.1", "grpc_management_address=127.0.0.1",
+                f"grpc_inference_port={self.ports['grpc_i']}", f"grpc_management_port={self.ports['grpc_m']}",
+                f"model_store={self.store}", "load_models=watermark.mar", "max_request_size=20971520",
+                "max_response_size=20971520", "decode_input_request=false", "default_workers_per_model=1",
+                "disable_system_metrics=true",
+            ]) + "\n",
+            encoding="utf-8",
+        )  # fmt: skip
+        env = {**os.environ, "TMPDIR": str(self.dir), "TEMP": str(self.dir)}
+        with open(self.dir / "torchserve.out", "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "torchserve"), "--start", "--foreground", "--ncs", "--ts-config", str(config)],
+                cwd=self.dir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 180) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"TorchServe exited; see {self.dir / 'torchserve.out'}")
+            key_file = self.dir / "key_file.json"
+            if key_file.exists():
+                try:
+                    self.key = json.loads(key_file.read_text())["inference"]["key"]
+                    probe = requests.put(self.url, data=encode(Image.new("RGB", (64, 64)), "JPEG"), headers=self.headers, timeout=30)
+                    if probe.status_code == 200:
+                        return
+                except (requests.RequestException, ValueError, KeyError):
+                    pass
+            time.sleep(0.5)
+        raise RuntimeError(f"TorchServe not ready after {timeout:.0f} s; see {self.dir / 'torchserve.out'}")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: float) -> dict[str, float]:
+    """``clients`` threads PUT ``body`` back to back; images/s and latency after warm-up."""
+    import requests
+
+    stop_at = time.monotonic() + warmup + seconds
+    start_at = time.monotonic() + warmup
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        session = requests.Session()
+        while True:
+            t0 = time.monotonic()
+            if t0 >= stop_at:
+                return
+            try:
+                ok = session.put(served.url, data=body, headers=served.headers, timeout=60).status_code == 200
+            except requests.RequestException:
+                ok = False
+            t1 = time.monotonic()
+            with lock:
+                if not ok:
+                    errors[0] += 1
+                elif t0 >= start_at and t1 <= stop_at:
+                    latencies.append(t1 - t0)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat = sorted(latencies)
+    return {
+        "images/s": len(lat) / seconds, "p50 ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+        "p95 ms": 1000 * lat[int(len(lat) * 0.95)] if lat else float("nan"), "errors": errors[0], "requests": len(lat),
+    }  # fmt: skip
+
+
+def build_archive(bundle: Path, fmt: str, store: Path, workers: int, threads: int, batch: int, delay: int) -> Path:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "create_mar.sh"), "--export-dir", str(bundle), "--format", fmt, "--model-store", str(store),
+         "--archive-name", f"watermark-{fmt}-{workers}x{threads}", "--workers", str(workers), "--threads", str(threads),
+         "--batch-size", str(batch), "--max-batch-delay", str(delay), "--force"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"create_mar.sh failed:\n{result.stderr}")
+    return store / f"watermark-{fmt}-{workers}x{threads}.mar"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def target_rows(pre: list[dict[str, Any]], served: list[dict[str, Any]], ts8: float) -> list[dict[str, Any]]:
+    """The issue's three targets, each met or missed by how much."""
+
+    def check(name: str, value: float | None, goal: float, higher: bool, unit: str = "") -> dict[str, Any]:
+        if value is None:
+            return {"target": name, "measured": "not measured", "result": "-"}
+        ok = value >= goal if higher else value <= goal
+        gap = (value / goal - 1) * 100
+        return {"target": name, "measured": f"{value:.2f}{unit}", "result": "met" if ok else f"missed by {abs(gap):.0f} %"}
+
+    best = {fmt: max((r["images/s"] for r in served if r["archive"].startswith(fmt)), default=None) for fmt in ("torchscript", "onnx")}
+    twelve = next(r for r in pre if "12 MP" in r["input"])
+    return [
+        check("served TorchScript / raw TorchScript b8 >= 0.9", best["torchscript"] / ts8 if best["torchscript"] else None, 0.9, True),
+        check("served ONNX / raw TorchScript b8 >= 1.5", best["onnx"] / ts8 if best["onnx"] else None, 1.5, True),
+        check("12 MP JPEG preprocessing <= 10 % of TorchScript b8 model time", twelve["% of TorchScript b8 model time"], 10.0, False, " %"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", type=Path, default=REPO / "artifacts" / "export", help="export bundle (default artifacts/export)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.md", help="markdown file to write (default bench/results.md)")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions per measurement; the median is reported (default 5)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients against TorchServe (default 16)")
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds of load per served configuration (default 20)")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of load before measuring (default 5)")
+    parser.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize (default 8)")
+    parser.add_argument("--max-batch-delay", type=int, default=50, help="TorchServe maxBatchDelay in ms (default 50)")
+    parser.add_argument("--no-served", action="store_true", help="skip the TorchServe part (raw and preprocessing only)")
+    args = parser.parse_args(argv)
+    for name in ("repeats", "clients", "batch_size", "max_batch_delay"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be > 0 and --warmup >= 0")
+
+    threads = torch.get_num_threads()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        bundle, what = prepare_export(args.export if args.export.exists() else None, work)
+        spec = PreprocessSpec.load(bundle / "preprocess.json")
+        print(f"model: {what}; image size {spec.image_size}; torch threads {threads}", flush=True)
+        raw, rates = raw_rows(bundle, spec, threads, args.repeats)
+        print(fmt_table(raw, ["backend", "device", "batch", "images/s", "ms/image"]), flush=True)
+        pre = preprocess_rows(spec, args.repeats)
+        ts8 = rates["TorchScript|8"]
+        onnx8 = next(v for k, v in rates.items() if k.startswith("ONNX") and k.endswith("|8"))
+        for row in pre:
+            row["% of TorchScript b8 model time"] = 100 * row["fast ms"] / (1000 / ts8)
+            row["% of ONNX b8 model time"] = 100 * row["fast ms"] / (1000 / onnx8)
+        print(fmt_table(pre, ["input", "bytes", "fast ms", "plain ms", "% of TorchScript b8 model time", "% of ONNX b8 model time"]), flush=True)
+
+        served_rows = []
+        if not args.no_served:
+            body = inputs_by_size()["600 x 600 JPEG"]
+            cores = os.cpu_count() or 1
+            configs = [("torchscript", 1, threads), ("onnx", 1, threads)]
+            if cores >= 2:  # the alternative split of the same cores: two workers, fewer threads each
+                configs += [("torchscript", 2, max(1, cores // 2)), ("onnx", 2, max(1, cores // 2))]
+            for fmt, workers, worker_threads in configs:
+                archive = build_archive(bundle, fmt, work / "archives", workers, worker_threads, args.batch_size, args.max_batch_delay)
+                with Served(work / f"ts-{fmt}-{workers}", archive) as served:
+                    result = drive(served, body, args.clients, args.seconds, args.warmup)
+                row = {
+                    "archive": f"{fmt}, {workers} worker x {worker_threads} threads", **result,
+                    "served / raw TorchScript b8": result["images/s"] / ts8,
+                }
+                served_rows.append(row)
+                print(fmt_table([row], list(row)), flush=True)
+
+    header = [
+        f"# Inference benchmark ({time.strftime('%Y-%m-%d %H:%M', time.localtime(started))})",
+        "",
+        f"- machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}",
+        f"- torch {torch.__version__}, torch threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"Python {platform.python_version()}",
+        f"- model: {what}; input {spec.image_size} x {spec.image_size}",
+        f"- medians of {args.repeats} repetitions; served: {args.clients} concurrent clients, {args.warmup:g} s warm-up + "
+        f"{args.seconds:g} s measured, 600 x 600 JPEG bodies, batchSize {args.batch_size}, maxBatchDelay {args.max_batch_delay} ms",
+        "",
+        "## Raw model",
+        "",
+        fmt_table(raw, ["backend", "device", "batch", "images/s", "ms/image"]),
+        "",
+        "## Preprocessing per image (decode + resize + normalise; fast = JPEG draft decoding)",
+        "",
+        fmt_table(pre, ["input", "bytes", "fast ms", "plain ms", "% of TorchScript b8 model time", "% of ONNX b8 model time"]),
+    ]
+    if served_rows:
+        header += ["", "## Served by TorchServe (HTTP end to end)", "", fmt_table(served_rows, list(served_rows[0]))]
+    header += ["", "## Targets", "", fmt_table(target_rows(pre, served_rows, ts8), ["target", "measured", "result"])]
+    report = "\n".join(header) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_name(args.out.name + ".tmp")
+    tmp_out.write_text(report, encoding="utf-8")
+    tmp_out.replace(args.out)
+    print()
+    print(report)
+    print(f"written: {args.out} ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
