@@ -290,13 +290,15 @@ class Served:
                 self.proc.wait(timeout=10)
 
 
-def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: float) -> dict[str, float]:
-    """``clients`` threads PUT ``body`` back to back; images/s and latency after warm-up."""
+def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: float, windows: int) -> dict[str, float]:
+    """``clients`` threads PUT ``body`` back to back for ``warmup`` + ``windows`` x ``seconds``;
+    images/s is the median over the measured windows, latencies are pooled."""
     import requests
 
-    stop_at = time.monotonic() + warmup + seconds
     start_at = time.monotonic() + warmup
+    stop_at = start_at + windows * seconds
     latencies: list[float] = []
+    finished: list[float] = []
     errors = [0]
     lock = threading.Lock()
 
@@ -316,6 +318,7 @@ def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: flo
                     errors[0] += 1
                 elif t0 >= start_at and t1 <= stop_at:
                     latencies.append(t1 - t0)
+                    finished.append(t1)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -323,8 +326,9 @@ def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: flo
     for t in threads:
         t.join()
     lat = sorted(latencies)
+    per_window = [sum(start_at + w * seconds <= t < start_at + (w + 1) * seconds for t in finished) / seconds for w in range(windows)]
     return {
-        "images/s": len(lat) / seconds, "p50 ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+        "images/s": statistics.median(per_window), "p50 ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
         "p95 ms": 1000 * lat[int(len(lat) * 0.95)] if lat else float("nan"), "errors": errors[0], "requests": len(lat),
     }  # fmt: skip
 
@@ -380,13 +384,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.md", help="markdown file to write (default bench/results.md)")
     parser.add_argument("--repeats", type=int, default=5, help="repetitions per measurement; the median is reported (default 5)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent HTTP clients against TorchServe (default 16)")
-    parser.add_argument("--seconds", type=float, default=20, help="measured seconds of load per served configuration (default 20)")
+    parser.add_argument("--seconds", type=float, default=10, help="seconds per measured window of load (default 10)")
+    parser.add_argument("--windows", type=int, default=3, help="measured windows per served configuration; the median is reported (default 3)")
     parser.add_argument("--warmup", type=float, default=5, help="seconds of load before measuring (default 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="TorchServe batchSize (default 8)")
     parser.add_argument("--max-batch-delay", type=int, default=50, help="TorchServe maxBatchDelay in ms (default 50)")
     parser.add_argument("--no-served", action="store_true", help="skip the TorchServe part (raw and preprocessing only)")
     args = parser.parse_args(argv)
-    for name in ("repeats", "clients", "batch_size", "max_batch_delay"):
+    for name in ("repeats", "windows", "clients", "batch_size", "max_batch_delay"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
     if args.seconds <= 0 or args.warmup < 0:
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             for fmt, workers, worker_threads in configs:
                 archive = build_archive(bundle, fmt, work / "archives", workers, worker_threads, args.batch_size, args.max_batch_delay)
                 with Served(work / f"ts-{fmt}-{workers}", archive) as served:
-                    result = drive(served, body, args.clients, args.seconds, args.warmup)
+                    result = drive(served, body, args.clients, args.seconds, args.warmup, args.windows)
                 row = {
                     "archive": f"{fmt}, {workers} worker x {worker_threads} threads", **result,
                     "served / raw TorchScript b8": result["images/s"] / ts8,
@@ -435,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- torch {torch.__version__}, torch threads {threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"Python {platform.python_version()}",
         f"- model: {what}; input {spec.image_size} x {spec.image_size}",
-        f"- medians of {args.repeats} repetitions; served: {args.clients} concurrent clients, {args.warmup:g} s warm-up + "
-        f"{args.seconds:g} s measured, 600 x 600 JPEG bodies, batchSize {args.batch_size}, maxBatchDelay {args.max_batch_delay} ms",
+        f"- medians of {args.repeats} repetitions; served: {args.clients} concurrent clients, {args.warmup:g} s warm-up, then the "
+        f"median of {args.windows} windows of {args.seconds:g} s; 600 x 600 JPEG bodies, batchSize {args.batch_size}, "
+        f"maxBatchDelay {args.max_batch_delay} ms",
         "",
         "## Raw model",
         "",
