@@ -39,9 +39,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-# As scripts/serve.sh and the Dockerfile set it, before torch starts its OpenMP pool: idle
-# threads sleep instead of spinning (faster here for the raw model and the served one).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if __name__ == "__main__":
+    # As scripts/serve.sh and the Dockerfile set it, before torch loads its OpenMP runtime:
+    # idle threads sleep instead of spinning (faster here, raw and served). Only when run
+    # as a script, so importing this module changes nothing.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

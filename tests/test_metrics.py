@@ -58,3 +58,12 @@ def test_saturated_scores_still_give_an_exportable_threshold() -> None:
     choice = choose_threshold(labels, probs, "target-fpr", 0.0)
     assert 0.0 < choice.threshold < 1.0
     assert "unreachable" in choice.note
+
+
+def test_target_fpr_says_when_too_few_clean_photos_resolve_it() -> None:
+    few = choose_threshold(LABELS, PROBS, "target-fpr", 0.02)  # 10 clean photos: 2 % of 10 < 1
+    assert "only 10 clean validation photos" in few.note and "highest-scoring clean photo" in few.note
+    assert "use >= 250 clean validation photos" in few.note
+    enough = choose_threshold(LABELS, PROBS, "target-fpr", 0.1)
+    assert "only" not in enough.note
+    assert "only" not in choose_threshold(LABELS, PROBS, "target-fpr", 0.0).note

@@ -91,7 +91,15 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: f
                 float(t), rule, target, f"FPR {target} unreachable on validation; lowest FPR {m['fpr']:.3f}, recall {m['recall']:.3f}"
             )
         t, m = min(ok, key=lambda tm: tm[0])
-        return ThresholdChoice(float(t), rule, target, f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}")
+        note = f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}"
+        negatives = int((labels == 0).sum())
+        if 0 < target and negatives * target < 1:
+            note += (
+                f"; only {negatives} clean validation photos, so FPR <= {target} allows no false positive and the "
+                f"threshold rests on the single highest-scoring clean photo (use >= {int(np.ceil(1 / target)) * 5} "
+                "clean validation photos for a stable threshold)"
+            )
+        return ThresholdChoice(float(t), rule, target, note)
     best_f1_t, best_f1_m = max(table, key=lambda tm: (tm[1]["f1"], tm[0]))
     if rule == "max-f1":
         return ThresholdChoice(float(best_f1_t), rule, None, f"validation F1 {best_f1_m['f1']:.3f}")

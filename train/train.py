@@ -541,6 +541,7 @@ def train(
         model.load_state_dict(best["model"])
         val_scores, choice, probs = evaluate_split(model, val_set, start, config, val_labels)
         best["threshold"] = choice.to_dict()
+        log.info("threshold %.4f by rule %s: %s", choice.threshold, choice.rule, choice.note)
         if config.save_checkpoints:
             save_checkpoint_atomic(best, best_path)
         tracker.log_metrics({f"best_val_{k}": v for k, v in val_scores.items()})
