@@ -603,14 +603,19 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> None:
         raise ValueError(f"--resume: options differ from the checkpoint ({details}); rerun with the original values or without --resume")
 
 
+def read_json_option(path: Path, option: str) -> Any:
+    """The JSON content of a file given as ``option``; errors name the option and the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{option} {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} {path}: not valid JSON ({exc})") from None
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Training options from a JSON file (e.g. tuned parameters); keys as in :class:`TrainConfig`."""
-    try:
-        values = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--config {path}: not valid JSON ({exc})") from None
+    values = read_json_option(path, "--config")
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a JSON object of training options")
     known = {f.name for f in fields(TrainConfig)}

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from train.export import write_json_atomic
-from train.train import TrainConfig, TrainingStopped, default_tracking_uri, train
+from train.train import TrainConfig, TrainingStopped, default_tracking_uri, read_json_option, train
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,7 @@ def load_space(path: Path | None, base: TrainConfig) -> tuple[Dimension, ...]:
     """The search space of ``--space FILE`` (it replaces the default), else the default."""
     if path is None:
         return parse_space(space_to_json(DEFAULT_SPACE), base)
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--space {path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--space {path}: not valid JSON ({exc})") from None
+    spec = read_json_option(Path(path), "--space")
     try:
         return parse_space(spec, base)
     except ValueError as exc:
