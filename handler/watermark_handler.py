@@ -256,6 +256,7 @@ class WatermarkHandler(BaseHandler):
         self.model_format = "torchscript"
         self.threads = 1
         self.cuda_half = False
+        self._pool: Any = None
 
     # ------------------------------------------------------------------ loading
     def initialize(self, context) -> None:
@@ -374,13 +375,13 @@ class WatermarkHandler(BaseHandler):
             except Exception as exc:  # never let one odd request take the batch down
                 logger.warning("batch item %d: unexpected request failure", idx, exc_info=True)
                 errors[idx] = (400, f"{SOURCE}: could not read the request ({type(exc).__name__}: {exc})", "processing_error")
+        futures = None
         if len(bodies) > 1 and self.threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
+            if self._pool is None:  # one pool for the worker's lifetime, not one per batch
+                from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=min(self.threads, len(bodies))) as pool:
-                futures = {idx: pool.submit(self._decode, body) for idx, body in bodies.items()}
-        else:
-            futures = None
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
+            futures = {idx: self._pool.submit(self._decode, body) for idx, body in bodies.items()}
         for idx, body in bodies.items():
             try:
                 tensors.append(futures[idx].result() if futures is not None else self._decode(body))

@@ -57,27 +57,25 @@ VENV_BIN = Path(sys.executable).parent
 # ----------------------------------------------------------------------------- helpers
 
 
-def median_rate(fn: Callable[[], Any], items: int, repeats: int, warmup: int = 1) -> float:
-    """Median items/s of ``fn`` (which processes ``items`` items) over ``repeats`` runs."""
-    for _ in range(warmup):
-        fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        rates.append(items / (time.perf_counter() - t0))
-    return statistics.median(rates)
-
-
-def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t0) * 1000)
+        times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_rate(fn: Callable[[], Any], items: int, repeats: int, warmup: int = 1) -> float:
+    """Items/s of ``fn`` (which processes ``items`` items) at its median run time."""
+    return items / median_seconds(fn, repeats, warmup)
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    return 1000 * median_seconds(fn, repeats, warmup)
 
 
 def free_port() -> int:
