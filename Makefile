@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo tune bench bench-quality test test-fast lint serve stop key clean
+.PHONY: venv demo train-real tune bench bench-quality test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -11,6 +11,9 @@ venv:
 demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdicts
 	@scripts/setup_fonts.sh
 	@scripts/demo.sh
+
+train-real: venv  ## the real-data recipe on ../shared/digikala (DATA=...): train, register, .mar, evaluate, predict test/
+	@scripts/train_real.sh
 
 tune: venv  ## 20-trial Optuna study on the demo dataset (built if missing); see README "Tuning"
 	@scripts/setup_fonts.sh

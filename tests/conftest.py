@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from train.duplicates import write_pairs_file
+
 
 def make_photo(seed: int, size: int = 96) -> Image.Image:
     """A smooth random 'photo': gradients plus a few shapes."""
@@ -38,13 +40,16 @@ def add_mark(image: Image.Image, seed: int) -> Image.Image:
 
 
 def write_dataset(root: Path, pairs: int, *, size: int = 96, seed: int = 0) -> Path:
-    """``root/train/{positive,negative}`` with ``pairs`` paired crops (same stem)."""
+    """``root/train/{positive,negative}`` with ``pairs`` paired crops, declared in ``train/pairs.csv``."""
     for cls in ("positive", "negative"):
         (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+    names = []
     for i in range(pairs):
         photo = make_photo(seed * 1000 + i, size)
         photo.save(root / "train" / "negative" / f"img_{i:03d}.jpg", quality=92)
         add_mark(photo, i).save(root / "train" / "positive" / f"img_{i:03d}.jpg", quality=92)
+        names.append((f"positive/img_{i:03d}.jpg", f"negative/img_{i:03d}.jpg"))
+    write_pairs_file(root / "train", names)
     return root
 
 

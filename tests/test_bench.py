@@ -62,3 +62,16 @@ def test_bad_options_are_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--repeats", "0"])
     assert "--repeats 0: must be >= 1" in capsys.readouterr().err
+
+
+def test_training_bench_prints_its_tables(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "scripts" / "bench_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "train.md"
+    assert module.main(["--size", "75", "--batch", "2", "--repeats", "1", "--cut", "Mixed_7c", "--from", "Mixed_7c", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| channels-last, bfloat16 |" in text and "| NCHW, float32 |" in text
+    assert "| Mixed_7c | 2048 x 1 x 1 |" in text
+    with pytest.raises(ValueError, match="block 'Mixed_9z'"):
+        module.main(["--cut", "Mixed_9z"])

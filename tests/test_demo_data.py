@@ -70,6 +70,22 @@ def test_every_positive_has_a_negative_with_the_same_stem(built: tuple[Path, dic
             assert "watermark" not in entry, rel
 
 
+def test_pairs_are_declared_in_pairs_csv(built: tuple[Path, dict]) -> None:
+    from train.data import scan_folder
+    from train.duplicates import read_pairs_file
+
+    out, _ = built
+    for split in ("train", "val"):
+        stems = sorted(_stems(out / split / "positive"))
+        rows = [(row.positive, row.negative) for row in read_pairs_file(out / split)]
+        assert rows == [(f"positive/{stem}.jpg", f"negative/{stem}.jpg") for stem in stems]
+        scan = scan_folder(out / split)
+        assert not scan.excluded and all(s.pair is not None for s in scan.samples)
+        for stem in stems:
+            versions = [s for s in scan.samples if s.path.stem == stem]
+            assert len(versions) == 2 and len({(s.pair, s.group) for s in versions}) == 1, stem
+
+
 def test_pairs_differ_only_by_the_mark(built: tuple[Path, dict]) -> None:
     out, _ = built
     stem = sorted(_stems(out / "train" / "positive"))[0]

@@ -62,15 +62,19 @@ def test_resume_continues_the_same_run(tiny_dataset: Path, tmp_path: Path) -> No
         train(tiny_config(tiny_dataset, out, epochs=3, resume=True, image_size=80, export=False))
 
 
-def test_cached_and_uncached_training_agree(tiny_dataset: Path, tmp_path: Path) -> None:
-    cached = train(tiny_config(tiny_dataset, tmp_path / "a", cache=True, export=False))
+@pytest.mark.parametrize(("dtype", "weight_tol", "loss_tol"), [("float32", 1e-4, 1e-5), ("float16", 1e-2, 1e-3)])
+def test_cached_and_uncached_training_agree(
+    tiny_dataset: Path, tmp_path: Path, dtype: str, weight_tol: float, loss_tol: float
+) -> None:
+    """A float32 store trains exactly as pixels do; the float16 default within its rounding."""
+    cached = train(tiny_config(tiny_dataset, tmp_path / "a", cache=True, cache_dtype=dtype, export=False))
     plain = train(tiny_config(tiny_dataset, tmp_path / "b", cache=False, export=False))
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["model"]
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    assert worst < 1e-4, worst
-    assert cached.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], abs=1e-5)
-    assert list((tmp_path / "a" / "cache").glob("*.pt"))
+    assert worst < weight_tol, worst
+    assert cached.history[-1]["train_loss"] == pytest.approx(plain.history[-1]["train_loss"], abs=loss_tol)
+    assert list((tmp_path / "a" / "cache").glob("*/*.npy"))
 
 
 def test_unreadable_files_are_skipped_and_listed(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -94,17 +98,43 @@ def test_cli_reports_bad_options_clearly(tiny_dataset: Path, tmp_path: Path, cap
     assert "--epochs 0" in capsys.readouterr().err
 
 
-def test_overlay_negatives_adds_paired_synthetic_positives(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from train import synth
     from train.data import load_splits
     from train.overlay import overlay_negatives
 
     splits = load_splits(tiny_dataset, val_fraction=0.2, seed=0)
-    made = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
+    calls: list[dict] = []
+    real_render = synth.render_watermark
+
+    def spy(image, rng, **kwargs):
+        calls.append(kwargs)
+        return real_render(image, rng, **kwargs)
+
+    monkeypatch.setattr(synth, "render_watermark", spy)
+    result = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
     negatives = [s for s in splits.train if s.label == 0]
-    assert len(made) == 2 * len(negatives) and all(s.label == 1 for s in made)
-    assert sorted({s.group for s in made}) == sorted({s.group for s in negatives})
+    made = [s for s in result if s.label == 1 and (s.pair or "").startswith("overlay:")]
+    twins = [s for s in result if s.label == 0 and (s.pair or "").startswith("overlay:")]
+    assert len(made) == 2 * len(negatives) and len(twins) == len(negatives)
+    assert not any(s in result for s in negatives)  # originals replaced by their twins
+    assert all(c["split"] == "train" and c["jpeg_prob"] == 0 for c in calls) and calls
+    for twin in twins:
+        partners = [s for s in made if s.pair == twin.pair]
+        assert len(partners) == 2 and {s.group for s in partners} == {twin.group}
+        with Image.open(twin.path) as a, Image.open(partners[0].path) as b:
+            assert a.quantization == b.quantization  # same JPEG history: re-encoding is no shortcut
+            diff = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
+        assert (diff > 24).mean() < 0.5  # the mark changes part of the photo, not all of it
     again = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
-    assert [s.path for s in again] == [s.path for s in made]  # reused, deterministic
+    assert [s.path for s in again] == [s.path for s in result]  # reused, deterministic
+    half = overlay_negatives(splits.train, tmp_path / "ov2", copies=0.5, seed=0)
+    assert 0 < sum(s.label == 1 and (s.pair or "").startswith("overlay:") for s in half) < len(negatives)
     with pytest.raises(ValueError, match="overlay-negatives -1"):
         overlay_negatives(splits.train, tmp_path / "ov", copies=-1, seed=0)
 
@@ -112,3 +142,40 @@ def test_overlay_negatives_adds_paired_synthetic_positives(tiny_dataset: Path, t
     train(tiny_config(tiny_dataset, out, epochs=1, overlay_negatives=1, export=False))
     counts = json.loads((out / "reports" / "metrics.json").read_text())["counts"]
     assert counts["train_positive"] == 2 * counts["train_negative"]
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_stays() -> None:
+    from train.train import lr_factor
+
+    assert lr_factor("cosine", 0.0) == pytest.approx(1.0) and lr_factor("cosine", 0.5) == pytest.approx(0.5)
+    assert lr_factor("cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("constant", 0.7) == 1.0
+
+
+def test_runtime_options_are_checked_at_the_edge(tiny_dataset: Path, tmp_path: Path) -> None:
+    from train.model import Runtime
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: CUDA is not available on this machine; use --device cpu"):
+            tiny_config(tiny_dataset, tmp_path, device="cuda").validate()
+    with pytest.raises(ValueError, match="--amp fp16 needs --device cuda"):
+        Runtime(amp="fp16")
+    with pytest.raises(ValueError, match="--amp 'int4': allowed are none, bf16, fp16"):
+        Runtime(amp="int4")
+    with pytest.raises(ValueError, match="--device 'tpu'"):
+        Runtime(device="tpu")
+    with pytest.raises(ValueError, match="--lr-schedule 'linear'"):
+        tiny_config(tiny_dataset, tmp_path, lr_schedule="linear").validate()
+    with pytest.raises(ValueError, match="--cache-dtype 'int8'"):
+        tiny_config(tiny_dataset, tmp_path, cache_dtype="int8").validate()
+
+
+def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = train(tiny_config(tiny_dataset, out, amp="bf16", lr_schedule="cosine", epochs=2, head_epochs=0))
+    model, spec, _ = load_export(out / "export")
+    logits = model(torch.zeros(2, 3, spec.image_size, spec.image_size))
+    assert logits.dtype == torch.float32 and logits.shape == (2, 1)
+    assert result.epochs_run == 2
+    report = json.loads((out / "reports" / "metrics.json").read_text())
+    assert report["peak_rss_mb"] > 0 and report["seconds"]["cache"] >= 0

@@ -63,6 +63,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--unfreeze-from", choices=(HEAD, *BLOCKS), help=f"first block trained after the head stage (default {d['unfreeze_from']})")
     a("--batch-size", type=int, help=f"batch size (default {d['batch_size']})")
     a("--lr", type=float, help=f"learning rate of the heads (default {d['lr']})")
+    a("--lr-schedule", choices=("constant", "cosine"), help=f"learning rate over the run: constant, or cosine decay to 0 per step (default {d['lr_schedule']})")
     a("--backbone-lr-mult", type=float, help=f"backbone lr = lr x this (default {d['backbone_lr_mult']})")
     a("--weight-decay", type=float, help=f"AdamW weight decay (default {d['weight_decay']})")
     a("--pos-weight", type=str, help="positive-class loss weight: auto (= negatives/positives) or a number")
@@ -72,8 +73,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="augmentation strength, as cached extra views of every training image: 0 none, 1 mirrored, "
         f"2 mirrored + a re-exposed, re-encoded copy (true = 1, false = 0; default {d['augment']})",
     )
-    a("--overlay-negatives", type=int, help="render this many watermarked copies of every clean training photo (default 0)")
+    a(
+        "--overlay-negatives", type=float,
+        help="synthetic watermarked copies per clean training photo, paired with it (training style pool); "
+        "a fraction such as 0.5 marks a seeded half of them (default 0)",
+    )
     a("--val-fraction", type=float, help=f"validation share when there is no val/ folder (default {d['val_fraction']})")
+    a(
+        "--holdout-fraction", type=float,
+        help="share of all labelled photos set aside as a held-out test split (by duplicate group), never trained, "
+        "selected or thresholded on; listed in OUTPUT/reports/holdout.csv for `evaluate` (default 0)",
+    )
     a("--train-fraction", type=float, help="train on this seeded share of the training crops, pairs kept together (default 1.0)")
     a("--seed", type=int, help=f"random seed (default {d['seed']})")
     a("--patience", type=int, help=f"early stop after this many epochs without improvement (default {d['patience']})")
@@ -81,7 +91,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--threshold-rule", choices=THRESHOLD_RULES, help=f"how the decision threshold is chosen on validation (default {d['threshold_rule']})")
     a("--threshold-target", type=float, help="target FPR (default 0.02) or precision (default 0.95) of that rule")
     a("--cache", type=_bool, help="cache features of the frozen lower blocks on disk (default true)")
-    a("--cache-dir", type=str, help="feature cache folder (default OUTPUT/cache)")
+    a("--cache-dir", type=str, help="feature cache folder, shareable between runs and trials (default OUTPUT/cache)")
+    a("--cache-dtype", choices=("float16", "float32"), help=f"storage type of cached features (default {d['cache_dtype']}: half the disk)")
+    a("--device", type=str, help=f"cpu, cuda or cuda:N (default {d['device']})")
+    a(
+        "--amp", choices=("none", "bf16", "fp16"),
+        help="autocast precision of convolutions: bf16 (CPUs with AVX-512 BF16/AMX, GPUs), fp16 (GPUs) or none (default none)",
+    )
+    a("--channels-last", type=_bool, help=f"channels-last memory layout, faster with oneDNN and cuDNN (default {d['channels_last']})")
+    a("--num-workers", type=int, help=f"data-loading worker processes (default {d['num_workers']})")
     a("--tracking-uri", type=str, help="MLflow tracking URI (default: embedded SQLite store in OUTPUT/mlflow, no server)")
     a("--experiment", type=str, help=f"MLflow experiment name (default {d['experiment']})")
     a("--run-name", type=str, help="MLflow run name")

@@ -14,6 +14,8 @@ between train, val, test and the evaluation sets::
 
     OUT/train/{positive,negative}/<photo>_cNN.jpg
     OUT/val/{positive,negative}/<photo>_cNN.jpg
+    OUT/{train,val}/pairs.csv    positive,negative: each crop's two versions, declared as a
+                                 pair (train.data: a same stem alone pairs nothing)
     OUT/test/img_NNNN.jpg        one version per test crop, shuffled, neutral names
                                  (train-pool styles: measures in-distribution)
     OUT/test_labels.csv          file,label,family,base_photo,font,placement,scene_text
@@ -64,6 +66,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from train import synth
+from train.duplicates import write_pairs_file
 
 __all__ = ["BasePhoto", "base_photo_paths", "build_demo_dataset", "find_base_photos", "main"]
 
@@ -571,6 +574,7 @@ def _build_into(
     files: dict[str, dict[str, Any]] = {}
     counts: dict[str, dict[str, int]] = {s: {"positive": 0, "negative": 0} for s in ("train", "val", "test")}
     scene_counts = {s: 0 for s in ("train", "val", "test")}
+    pairs: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}  # written to SPLIT/pairs.csv
     test_crops: list[_Crop] = []
     heldout_crops: list[_Crop] = []
     hard_crops: list[_Crop] = []
@@ -609,10 +613,13 @@ def _build_into(
                 (root / rel).write_bytes(data)  # type: ignore[arg-type]
                 files[rel] = _file_entry(crop, label)
                 counts[split][label] += 1
+            pairs[split].append((f"positive/{crop.stem}.jpg", f"negative/{crop.stem}.jpg"))
     if len(used) < MIN_BASE_PHOTOS:
         raise RuntimeError(
             f"only {len(used)} base photos could be read (need at least {MIN_BASE_PHOTOS}); {INSTALL_HINT}"
         )
+    for split, declared in pairs.items():
+        write_pairs_file(root / split, sorted(declared))
 
     rng = random.Random(f"test:{seed}")
     rng.shuffle(test_crops)

@@ -8,6 +8,8 @@ the same computation from pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,49 @@ BLOCKS: tuple[str, ...] = (
 AUX_AFTER = "Mixed_6e"
 POOLS = ("avg", "max", "avgmax")
 HEAD = "head"  # pseudo block name: only the classifier heads train
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how training math runs: device, memory layout, autocast precision.
+
+    ``channels_last`` is the layout oneDNN (CPU) and cuDNN convolutions are fastest in;
+    ``amp`` runs convolutions and matrix products in bfloat16 (CPUs with AVX-512 BF16 or
+    AMX, and GPUs) or float16 (GPUs), with weights, losses and optimiser state in float32.
+    """
+
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"--amp {self.amp!r}: allowed are {', '.join(AMP_DTYPES)}")
+        kind = self.device.split(":")[0]
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}: allowed are cpu, cuda, cuda:N")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: CUDA is not available on this machine; use --device cpu")
+        if kind == "cpu" and self.amp == "fp16":
+            raise ValueError("--amp fp16 needs --device cuda; on the CPU use --amp bf16")
+
+    def autocast(self) -> AbstractContextManager:
+        kind = self.device.split(":")[0]
+        return torch.autocast(device_type=kind, dtype=AMP_DTYPES[self.amp] or torch.float32, enabled=self.amp != "none")
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch moved to the device (pinned, asynchronous on CUDA) in the model's layout."""
+        if self.device != "cpu":
+            x = x.pin_memory().to(self.device, non_blocking=True) if x.device.type == "cpu" else x.to(self.device)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in the runtime's layout."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
 
 class WatermarkNet(nn.Module):

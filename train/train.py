@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -34,6 +35,7 @@ from train import overlay as overlay_lib
 log = logging.getLogger(__name__)
 
 SELECT_METRICS = ("roc_auc", "average_precision", "f1")
+LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_VERSION = 1
 # Deeper feature caches are derived from the cache after Mixed_5d (the cut of the
 # default --unfreeze-from Mixed_6a), so every cut shares that one base cache.
@@ -70,13 +72,15 @@ class TrainConfig:
     unfreeze_from: str = "Mixed_6a"
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     backbone_lr_mult: float = 0.3
     weight_decay: float = 1e-4
     pos_weight: str = "auto"
     aux_weight: float = 0.4
     augment: int = 1
-    overlay_negatives: int = 0
+    overlay_negatives: float = 0
     val_fraction: float = 0.2
+    holdout_fraction: float = 0.0
     train_fraction: float = 1.0
     seed: int = 0
     patience: int = 3
@@ -85,6 +89,11 @@ class TrainConfig:
     threshold_target: float | None = None
     cache: bool = True
     cache_dir: str | None = None
+    cache_dtype: str = "float16"
+    device: str = "cpu"
+    amp: str = "none"
+    channels_last: bool = True
+    num_workers: int = 0
     tracking_uri: str | None = None
     experiment: str = "watermark"
     run_name: str | None = None
@@ -121,8 +130,14 @@ class TrainConfig:
             raise ValueError("--resume needs checkpoints (save_checkpoints true)")
         if self.register and not self.save_checkpoints:
             raise ValueError("--register needs checkpoints (save_checkpoints true)")
-        if self.overlay_negatives < 0:
-            raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be >= 0")
+        if not (self.overlay_negatives >= 0 and math.isfinite(self.overlay_negatives)):
+            raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be a number >= 0")
+        if not 0 <= self.holdout_fraction < 0.5:
+            raise ValueError(f"--holdout-fraction {self.holdout_fraction}: allowed is 0 <= fraction < 0.5")
+        if self.num_workers < 0:
+            raise ValueError(f"--num-workers {self.num_workers}: must be >= 0")
+        cache_lib.check_store_dtype(self.cache_dtype)
+        self.runtime()
         if self.weight_decay < 0 or self.aux_weight < 0:
             raise ValueError("--weight-decay and --aux-weight must be >= 0")
         if self.pos_weight != "auto":
@@ -132,6 +147,8 @@ class TrainConfig:
                 ok = False
             if not ok:
                 raise ValueError(f"--pos-weight {self.pos_weight!r}: allowed is 'auto' or a positive number")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule {self.lr_schedule!r}: allowed are {', '.join(LR_SCHEDULES)}")
         if self.select_metric not in SELECT_METRICS:
             raise ValueError(f"--select-metric {self.select_metric!r}: allowed are {', '.join(SELECT_METRICS)}")
         if self.threshold_rule not in metrics_lib.THRESHOLD_RULES:
@@ -148,6 +165,10 @@ class TrainConfig:
         if self.unfreeze_from == model_lib.HEAD and self.head_epochs != self.epochs:
             log.info("--unfreeze-from head: every epoch trains the heads only")
         PreprocessSpec(image_size=self.image_size, resize=self.resize)
+
+    def runtime(self) -> model_lib.Runtime:
+        """Device, layout and precision of the run (checked: a missing CUDA is a clear error)."""
+        return model_lib.Runtime(device=self.device, amp=self.amp, channels_last=self.channels_last)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -172,6 +193,11 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def seed_everything(seed: int) -> None:
@@ -211,6 +237,13 @@ def resolve_pos_weight(config: TrainConfig, samples: list[data_lib.Sample]) -> f
     return (len(samples) - positives) / max(1, positives)
 
 
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` (0 = start of training, 1 = end)."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return 1.0
+
+
 def stage_block(config: TrainConfig, epoch: int) -> str:
     """First trainable block for an epoch: heads only during the first stage."""
     return model_lib.HEAD if epoch < config.head_epochs else config.unfreeze_from
@@ -233,21 +266,27 @@ def build_inputs(
         paths = output_paths(config)
         dataset = cache_lib.cached_features(
             model, items, spec, stop=cut, base_stop=model_lib.block_index(CACHE_BASE_BLOCK),
-            cache_dir=paths["cache"], progress=config.progress, desc=desc,
+            cache_dir=paths["cache"], progress=config.progress, desc=desc, dtype=config.cache_dtype,
+            runtime=config.runtime(),
         )
         return dataset, cut
     return cache_lib.PixelDataset(items, spec), 0
 
 
-def predict_probs(model: model_lib.WatermarkNet, dataset: Dataset, start: int, batch_size: int) -> np.ndarray:
+def predict_probs(
+    model: model_lib.WatermarkNet, dataset: Dataset, start: int, batch_size: int, runtime: model_lib.Runtime | None = None,
+    num_workers: int = 0,
+) -> np.ndarray:
     """Sigmoid probabilities in eval mode, in dataset order."""
+    runtime = runtime or model_lib.Runtime()
     model.eval()
     out: list[np.ndarray] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     with torch.inference_mode():
         for inputs, _ in loader:
-            logits, _ = model.forward_from(inputs, start)
-            out.append(torch.sigmoid(logits.double()).squeeze(1).numpy())  # float64: no saturation at 1.0
+            with runtime.autocast():
+                logits, _ = model.forward_from(runtime.input(inputs), start)
+            out.append(torch.sigmoid(logits.double()).squeeze(1).cpu().numpy())  # float64: no saturation at 1.0
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -262,20 +301,33 @@ def train_one_epoch(
     *,
     desc: str,
     progress: bool,
+    runtime: model_lib.Runtime | None = None,
+    lr_at: Callable[[float], float] | None = None,
 ) -> float:
-    """One pass over the training batches; returns the mean loss."""
+    """One pass over the training batches; returns the mean loss.
+
+    ``lr_at(fraction of the epoch done)`` gives the learning-rate multiplier per step
+    (applied to each parameter group's ``initial_lr``); None keeps the rates as they are.
+    """
     model_lib.set_trainable(model, first_trainable)
     model_lib.set_train_mode(model, first_trainable)
+    runtime = runtime or model_lib.Runtime()
     total, count = 0.0, 0
     with_aux = aux_weight > 0 and model_lib.block_index(first_trainable) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
     bar = tqdm(loader, desc=desc, disable=None if progress else True, unit="batch", leave=False)
-    for inputs, labels in bar:
-        labels = labels.float().unsqueeze(1)
+    steps = max(1, len(loader)) if lr_at is not None else 1
+    for step, (inputs, labels) in enumerate(bar):
+        if lr_at is not None:
+            factor = lr_at(step / steps)
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        labels = labels.float().unsqueeze(1).to(runtime.device)
         optimizer.zero_grad(set_to_none=True)
-        logits, aux = model.forward_from(inputs, start, with_aux=with_aux)
-        loss = criterion(logits, labels)
+        with runtime.autocast():
+            logits, aux = model.forward_from(runtime.input(inputs), start, with_aux=with_aux)
+        loss = criterion(logits.float(), labels)
         if aux is not None:
-            loss = loss + aux_weight * criterion(aux, labels)
+            loss = loss + aux_weight * criterion(aux.float(), labels)
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(labels)
@@ -287,7 +339,7 @@ def train_one_epoch(
 def evaluate_split(
     model: model_lib.WatermarkNet, dataset: Dataset, start: int, config: TrainConfig, labels: np.ndarray
 ) -> tuple[dict[str, float], metrics_lib.ThresholdChoice, np.ndarray]:
-    probs = predict_probs(model, dataset, start, config.batch_size)
+    probs = predict_probs(model, dataset, start, config.batch_size, config.runtime(), config.num_workers)
     choice = metrics_lib.choose_threshold(labels, probs, config.threshold_rule, config.threshold_target)
     scores = metrics_lib.binary_metrics(labels, probs, choice.threshold)
     eps = 1e-7
@@ -367,7 +419,7 @@ class Tracker:
 
 
 def subsample_groups(samples: list[data_lib.Sample], fraction: float, seed: int) -> list[data_lib.Sample]:
-    """Keep a seeded share of the crop groups (a positive and its clean twin stay together)."""
+    """Keep a seeded share of the duplicate groups (pairs and copies stay together)."""
     if fraction >= 1:
         return samples
     groups = sorted({s.group for s in samples})
@@ -397,6 +449,7 @@ def train(
         TrainingStopped: when ``on_epoch`` asked to stop.
     """
     config.validate()
+    started = time.time()
     paths = output_paths(config)
     for key in ("root", "checkpoints", "reports"):
         paths[key].mkdir(parents=True, exist_ok=True)
@@ -413,19 +466,30 @@ def train(
         log.info("starting fresh: %s will be overwritten (use --resume to continue it)", last_path)
 
     seed_everything(config.seed)
-    splits = data_lib.load_splits(Path(config.data), val_fraction=config.val_fraction, seed=config.seed)
+    splits = data_lib.load_splits(
+        Path(config.data), val_fraction=config.val_fraction, seed=config.seed, holdout_fraction=config.holdout_fraction
+    )
     splits.train = subsample_groups(splits.train, config.train_fraction, config.seed)
     if config.overlay_negatives:
-        splits.train = splits.train + overlay_lib.overlay_negatives(
+        splits.train = overlay_lib.overlay_negatives(
             splits.train, paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
         )
     skipped_csv = data_lib.write_skipped_report(splits.skipped, paths["reports"] / "skipped.csv")
+    duplicates_csv = data_lib.write_data_report(splits.report, paths["reports"] / "duplicates.csv")  # logs its counts
+    holdout_csv = paths["reports"] / "holdout.csv"
+    if splits.holdout:
+        data_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
+    elif holdout_csv.exists():
+        holdout_csv.unlink()  # a stale list from an earlier run would be evaluated as if held out
     counts = {
         "train_positive": sum(s.label for s in splits.train),
         "train_negative": sum(1 - s.label for s in splits.train),
         "val_positive": sum(s.label for s in splits.val),
         "val_negative": sum(1 - s.label for s in splits.val),
+        "holdout_positive": sum(s.label for s in splits.holdout),
+        "holdout_negative": sum(1 - s.label for s in splits.holdout),
         "skipped_files": len(splits.skipped),
+        **splits.report.counts(),
     }
     log.info("data: %s (validation from %s); skipped %d files, listed in %s", counts, splits.val_source, len(splits.skipped), skipped_csv)
 
@@ -433,6 +497,8 @@ def train(
     spec = PreprocessSpec.for_weights(normalization, image_size=config.image_size, resize=config.resize)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
+    runtime = config.runtime()
+    model = runtime.prepare(model)
 
     cut = model_lib.block_index(config.unfreeze_from) if config.cache else 0
     cut = min(cut, len(model_lib.BLOCKS))
@@ -444,9 +510,9 @@ def train(
     train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, f"{prefix}cache train")
     val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, f"{prefix}cache val")
     val_labels = np.array([s.label for s in splits.val], dtype=int)
-    train_groups = [s.group for s, _ in make_items(splits.train, views)]
+    train_groups = [s.batch_key for s, _ in make_items(splits.train, views)]
     sampler = data_lib.PairBatchSampler(train_groups, config.batch_size, seed=config.seed)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=0)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)
     # During the head stage nothing in the backbone trains, so the whole backbone's
     # output can come from the cache too (shared by every run with these weights).
     head_inputs = None
@@ -455,14 +521,16 @@ def train(
     if config.cache and cut < end and resumed_epochs < config.head_epochs:
         head_train, _ = build_inputs(model, make_items(splits.train, views), spec, config, end, f"{prefix}cache head train")
         head_val, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, end, f"{prefix}cache head val")
-        head_inputs = (DataLoader(head_train, batch_sampler=sampler, num_workers=0), head_val)
+        head_inputs = (DataLoader(head_train, batch_sampler=sampler, num_workers=config.num_workers), head_val)
     cache_seconds = time.time() - t0
 
     pos_weight = resolve_pos_weight(config, splits.train)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight]))
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=runtime.device))
     optimizer = torch.optim.AdamW(
         model_lib.parameter_groups(model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay)
     )
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
 
     history: list[dict[str, float]] = []
     best_score, bad_epochs, first_epoch = -math.inf, 0, 0
@@ -483,6 +551,9 @@ def train(
         tracker.set_tags({"weights": config.weights, "normalization": normalization})
         tracker.log_params({**asdict(config), **counts, "pos_weight_value": round(pos_weight, 4), "cache_cut": model_lib.BLOCKS[cut - 1] if cut else "none"})
         tracker.log_artifact(skipped_csv, "reports")
+        tracker.log_artifact(duplicates_csv, "reports")
+        if splits.holdout:
+            tracker.log_artifact(holdout_csv, "reports")
         tracker.log_metrics({"cache_seconds": cache_seconds})
         stopped_early = False
         for epoch in range(first_epoch, config.epochs):
@@ -494,6 +565,8 @@ def train(
             train_loss = train_one_epoch(
                 model, epoch_loader, epoch_start, first_trainable, optimizer, criterion, config.aux_weight,
                 desc=f"{prefix}epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
+                runtime=runtime,
+                lr_at=lambda done, e=epoch: lr_factor(config.lr_schedule, (e + done) / config.epochs),
             )
             val_scores, _, _ = evaluate_split(model, epoch_val, epoch_start, config, val_labels)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
@@ -551,12 +624,15 @@ def train(
         summary = {
             "best_epoch": int(best["epoch"]) + 1, "select_metric": config.select_metric, "best_score": best_score,
             "val": val_scores, "threshold": choice.to_dict(), "counts": counts, "history": history,
+            "seconds": {"cache": round(cache_seconds, 1), "until_best_model": round(time.time() - started, 1)},
+            "peak_rss_mb": round(peak_rss_mb(), 1),
         }
         export_lib.write_json_atomic(paths["reports"] / "metrics.json", summary)
         tracker.log_artifact(paths["reports"] / "metrics.json", "reports")
 
         export_dir = None
         if config.export:
+            model = model.cpu().to(memory_format=torch.contiguous_format)  # exported and traced on the CPU, NCHW
             real = torch.stack([cache_lib.pixel_tensor(s, "orig", spec) for s in splits.val[:3]])
             info = {
                 "model_name": "watermark", "weights": config.weights, "normalization": normalization,
@@ -592,7 +668,7 @@ def train(
 
 RESUME_MUST_MATCH = (
     "data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction",
-    "overlay_negatives", "train_fraction",
+    "overlay_negatives", "train_fraction", "holdout_fraction",
 )
 
 
