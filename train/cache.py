@@ -139,7 +139,7 @@ def cache_key(
     file_bytes: bytes, *, fingerprint: str, spec: PreprocessSpec, stop: int, view: str, dtype: str = "float16", amp: str = "none"
 ) -> str:
     meta = json.dumps(
-        {"w": fingerprint, "spec": spec.to_dict(), "stop": BLOCKS[stop - 1], "view": view, "dtype": dtype, "amp": amp},
+        {"w": fingerprint, "spec": spec.to_dict(), "stop": BLOCKS[stop - 1], "view": view, "dtype": dtype, "amp": amp, "format": 2},
         sort_keys=True,
     )
     return hashlib.sha256(hashlib.sha256(file_bytes).digest() + meta.encode()).hexdigest()
@@ -168,6 +168,11 @@ def write_entry(path: Path, feature: torch.Tensor, dtype: str) -> None:
     if not np.isfinite(array).all():
         raise ValueError(f"feature cache: values of {path.name} overflow {dtype}; use --cache-dtype float32")
     write_with(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def as_stored(features: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``features`` rounded to the store's type and back to float32, as a cache read returns them."""
+    return features.float().to(getattr(torch, dtype)).float()
 
 
 def _check_free_space(cache_dir: Path, count: int, entry_bytes: int) -> None:
@@ -278,7 +283,9 @@ def _fill(
                     batch = runtime.input(torch.stack([pixel_tensor(*items[i], spec) for i in chunk]))
                     if base_paths:
                         new_bases = model.features(batch, stop=base_stop)
-                        out = model.features(new_bases, start=base_stop, stop=stop)
+                        # Continue from the base as stored, so a cut computed in this pass equals
+                        # one derived later from the cached base (same rounding either way).
+                        out = model.features(as_stored(new_bases, dtype), start=base_stop, stop=stop)
                     else:
                         new_bases, out = None, model.features(batch, stop=stop)
             if not checked:
