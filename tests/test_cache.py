@@ -175,3 +175,14 @@ def test_reading_a_cache_larger_than_a_ram_limit_keeps_memory_flat(tmp_path: Pat
     )
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["grew_kib"] < 40 * 1024, result
+
+
+def test_entry_check_reads_only_the_header_and_catches_short_files(tmp_path: Path) -> None:
+    path = tmp_path / "x.npy"
+    cache_lib.write_entry(path, torch.randn(4, 3, 3), "float16")
+    assert cache_lib.entry_ok(path, "float16") and not cache_lib.entry_ok(path, "float32")
+    path.write_bytes(path.read_bytes()[:-2])
+    assert not cache_lib.entry_ok(path, "float16")
+    assert not cache_lib.entry_ok(tmp_path / "absent.npy", "float16")
+    path.write_bytes(b"not an npy file at all")
+    assert not cache_lib.entry_ok(path, "float16")

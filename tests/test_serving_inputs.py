@@ -135,12 +135,12 @@ def test_multipart_upload_works_like_curl_T(server):
 
 
 def test_body_over_the_size_limit_is_refused_before_the_handler(server):
-    before = server.batch_sizes()
+    before = server.settled_batch_sizes()
     resp = put_image(server, over_limit_body())
     assert resp.status_code == 413, resp.text
     # TorchServe's own answer (Netty's aggregator, before the handler): no body, no JSON
     assert resp.reason == "Request Entity Too Large" and resp.content == b""
-    assert server.batch_sizes() == before
+    assert server.settled_batch_sizes() == before
     assert put_image(server, sf.jpeg_bytes()).status_code == 200
 
 

@@ -169,6 +169,22 @@ class Server:
             for m in re.finditer(r"watermark batch: (\d+) requests, (\d+) decoded, (\d+) rejected", self.model_log())
         ]
 
+    def settled_batch_sizes(self, quiet: float = 0.5, timeout: float = 10.0) -> list[tuple[int, int]]:
+        """:meth:`batch_sizes` once the log has stopped growing for ``quiet`` seconds.
+
+        The worker's log lines reach the file asynchronously, so a batch of an earlier
+        request can appear after the call that answered it returned.
+        """
+        deadline = time.monotonic() + timeout
+        last = self.batch_sizes()
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.batch_sizes()
+            if now == last:
+                return now
+            last = now
+        return last
+
     def prometheus(self) -> str:
         resp = requests.get(f"{self.metrics}/metrics", timeout=TIMEOUT)
         resp.raise_for_status()

@@ -161,6 +161,25 @@ def read_entry(path: Path, dtype: str) -> np.ndarray | None:
     return array
 
 
+def entry_ok(path: Path, dtype: str) -> bool:
+    """Whether ``path`` holds a whole 3-D array of the store's type, from its header and size.
+
+    Cheap (no data read): used to find what is missing before a run. A file cut short
+    has fewer bytes than its header promises and is recomputed.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, stored = read_header(handle)
+            offset = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, EOFError):
+        return False
+    expected = offset + int(np.prod(shape)) * stored.itemsize
+    return len(shape) == 3 and not fortran and stored == STORE_DTYPES[dtype] and size == expected
+
+
 def write_entry(path: Path, feature: torch.Tensor, dtype: str) -> None:
     """Store one feature map atomically in the store's type (overflow is an error)."""
     with np.errstate(over="ignore"):
@@ -233,7 +252,7 @@ def cached_features(
     runtime = runtime or Runtime()
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = entry_paths(model, items, spec, stop=stop, cache_dir=cache_dir, dtype=dtype, amp=runtime.amp)
-    missing = [i for i, path in enumerate(paths) if read_entry(path, dtype) is None]
+    missing = [i for i, path in enumerate(paths) if not entry_ok(path, dtype)]
     for i in missing:
         if paths[i].exists():
             log.warning("cache entry %s unreadable; recomputing", paths[i])
