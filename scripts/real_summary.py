@@ -79,6 +79,11 @@ def build(out: Path, train_seconds: float | None, total_seconds: float | None) -
             f"| duplicates | {counts['duplicate_groups']} groups; {counts.get('conflict_files', 0)} files in groups filed "
             "under both labels, left out (reports/duplicates.csv) |"
         )
+    if counts.get("relabelled_files"):
+        lines.append(
+            f"| relabelled | {counts['relabelled_files']} file{'s' if counts['relabelled_files'] != 1 else ''} by the run's relabel file, each listed with its reason "
+            "in reports/relabelled.csv |"
+        )
     threshold = report.get("threshold", {})
     lines.append(f"| threshold | {_f(threshold.get('threshold'), 4)} ({threshold.get('rule', '–')}: {threshold.get('note', '')}) |")
     lines.append(f"| best epoch | {report.get('best_epoch', '–')} of {len(report.get('history', []))} |")
@@ -97,12 +102,22 @@ def build(out: Path, train_seconds: float | None, total_seconds: float | None) -
         lines.append(f"Unlabelled test photos predicted watermarked: {share[0]} of {share[1]} ({100 * share[0] / max(1, share[1]):.1f} %).")
     history = report.get("history", [])
     if history:
-        lines += ["", "Validation by epoch (time vs quality):", "", "| epoch | epoch time | val ROC-AUC | val F1 | val FPR |", "|---|---|---|---|---|"]
+        curve = any("holdout_f1" in row for row in history)
+        lines += ["", "By epoch (time vs quality; each epoch's own validation threshold):", ""]
+        head = "| epoch | training time so far | val ROC-AUC | val F1 | val FPR |"
+        if curve:
+            head += " held-out F1 | held-out FPR | held-out ROC-AUC |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for row in history:
-            lines.append(
-                f"| {row['epoch']} | {_minutes(row.get('epoch_seconds'))} | {_f(row.get('val_roc_auc'))} | {_f(row.get('val_f1'))} "
-                f"| {_f(row.get('val_fpr'))} |"
+            line = (
+                f"| {row['epoch']} | {_minutes(row.get('elapsed_seconds'))} | {_f(row.get('val_roc_auc'))} "
+                f"| {_f(row.get('val_f1'))} | {_f(row.get('val_fpr'))} |"
             )
+            if curve:
+                line += f" {_f(row.get('holdout_f1'))} | {_f(row.get('holdout_fpr'))} | {_f(row.get('holdout_roc_auc'))} |"
+            lines.append(line)
+        if curve:
+            lines += ["", "Held-out columns: scored for this curve only, never used to pick the epoch or the threshold."]
     data = {
         "train_seconds": train_seconds, "total_seconds": total_seconds, "report": report, "eval": evals,
         "test_predicted_watermarked": share,

@@ -15,12 +15,16 @@
 #   MODEL_STORE  where watermark.mar goes; default model_store
 #   DEMO_DATA  demo dataset whose eval/ sets measure generalisation; default demo_data (built if missing)
 #   REAL_SAMPLES  small real positive/negative folder; default ../shared/real-samples (skipped if absent)
+#   RELABEL    relabel file (file,label,reason) for DATA's folder labels; default
+#              recipes/digikala-relabel.csv when DATA is the default, else none (RELABEL= for none)
 #   EXTRA      more `python -m train train` flags, e.g. EXTRA="--epochs 2"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
-DATA=${DATA:-../shared/digikala}
+DEFAULT_DATA=../shared/digikala
+DATA=${DATA:-$DEFAULT_DATA}
+if [ "$DATA" = "$DEFAULT_DATA" ]; then RELABEL=${RELABEL-recipes/digikala-relabel.csv}; else RELABEL=${RELABEL-}; fi
 RECIPE=${RECIPE:-recipes/real-cpu.json}
 OUT=${OUT:-artifacts/real}
 CACHE_DIR=${CACHE_DIR:-$OUT/cache}
@@ -40,13 +44,18 @@ if [ ! -d "$DATA/train/positive" ] || [ ! -d "$DATA/train/negative" ]; then
   exit 2
 fi
 [ -f "$RECIPE" ] || { echo "error: RECIPE=$RECIPE: file not found (see recipes/)" >&2; exit 2; }
+relabel_args=()
+if [ -n "$RELABEL" ]; then
+  [ -f "$RELABEL" ] || { echo "error: RELABEL=$RELABEL: file not found (RELABEL= for none)" >&2; exit 2; }
+  relabel_args=(--relabel "$RELABEL")
+fi
 mkdir -p "$OUT"
 scripts/setup_fonts.sh  # the synthetic overlays draw with the same fonts as the demo data
 
 stamp "1/6 training with $RECIPE on $DATA (held-out split listed in $OUT/reports/holdout.csv)"
 # shellcheck disable=SC2086  # EXTRA is a list of flags
 "$PY" -m train train --config "$RECIPE" --data "$DATA" --output "$OUT" \
-  --cache-dir "$CACHE_DIR" --register --no-progress ${EXTRA:-}
+  --cache-dir "$CACHE_DIR" --register --no-progress "${relabel_args[@]}" ${EXTRA:-}
 train_seconds=$(( $(date +%s) - started ))
 
 stamp "2/6 archiving $OUT/export into $MODEL_STORE/watermark.mar (version $VERSION)"

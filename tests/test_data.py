@@ -15,11 +15,14 @@ from train import duplicates as dup
 from train.data import (
     PairBatchSampler,
     Sample,
+    apply_relabels,
     load_splits,
+    read_relabel_file,
     resolve_train_root,
     scan_folder,
     stratified_split,
     write_data_report,
+    write_relabel_report,
 )
 
 
@@ -284,3 +287,73 @@ def test_compare_marked_tells_marks_from_copies() -> None:
     assert dup.compare_marked(as_array(photo), as_array(corner_mark(photo))).verdict == "pair"
     assert dup.compare_marked(as_array(photo), as_array(copy)).verdict == "same"
     assert dup.compare_marked(as_array(photo), as_array(make_photo(8, 256))).verdict == "different"
+
+
+def write_relabels(path: Path, *rows: str) -> Path:
+    path.write_text("file,label,reason\n" + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\n", r"columns reason missing; need file,label,reason"),
+        ("file,label,reason\nnegative/a.jpg,watermarked,url\n", r"line 2: label 'watermarked': allowed are negative, positive, exclude"),
+        ("file,label,reason\nnegative/a.jpg,positive,\n", r"line 2: negative/a.jpg: reason is empty"),
+        ("file,label,reason\n../x/a.jpg,positive,url\n", r"line 2: file '../x/a.jpg': give a path relative to the train folder"),
+        ("file,label,reason\nnegative/a.jpg,positive,url\nnegative/a.jpg,exclude,x\n", r"line 3: negative/a.jpg is already relabelled on line 2"),
+    ],
+)
+def test_bad_relabel_file_names_the_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "relabel.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        read_relabel_file(path)
+    with pytest.raises(FileNotFoundError, match="--relabel .*absent.csv: file not found"):
+        read_relabel_file(tmp_path / "absent.csv")
+
+
+def test_relabel_changes_only_the_listed_files_and_lists_them(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", pairs=6) / "train"
+    scan = scan_folder(root)
+    relabels = read_relabel_file(write_relabels(
+        tmp_path / "r.csv", "negative/img_001.jpg,positive,URL in a corner", "positive/img_002.jpg,exclude,unsure",
+    ))  # fmt: skip
+    fixed, rows = apply_relabels(scan, root, relabels)
+
+    by_name = {s.path.relative_to(root).as_posix(): s for s in fixed.samples}
+    assert by_name["negative/img_001.jpg"].label == 1 and by_name["negative/img_001.jpg"].pair is None
+    assert "positive/img_002.jpg" not in by_name and any(s.path.name == "img_002.jpg" for s in fixed.excluded)
+    untouched = {k: v for k, v in by_name.items() if k != "negative/img_001.jpg"}
+    before = {s.path.relative_to(root).as_posix(): s for s in scan.samples}
+    assert all(before[k] == v for k, v in untouched.items())
+    assert [(r.file, r.folder_label, r.label, r.note) for r in rows] == [
+        ("negative/img_001.jpg", "negative", "positive", "relabelled"),
+        ("positive/img_002.jpg", "positive", "exclude", "left out"),
+    ]
+    report = write_relabel_report(rows, tmp_path / "reports" / "relabelled.csv")
+    with report.open(newline="", encoding="utf-8") as handle:
+        listed = list(csv.DictReader(handle))
+    assert listed[0] == {
+        "file": "negative/img_001.jpg", "folder_label": "negative", "label": "positive", "reason": "URL in a corner",
+        "note": "relabelled",
+    }  # fmt: skip
+
+    with pytest.raises(ValueError, match=r"relabel: .*negative/nope.jpg is not an image there; files are named relative to"):
+        apply_relabels(scan, root, read_relabel_file(write_relabels(tmp_path / "bad.csv", "negative/nope.jpg,positive,x")))
+
+
+def test_relabel_resolves_a_label_conflict_and_reaches_the_held_out_list(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "d", pairs=8) / "train"
+    photo = make_photo(99, 160)
+    save(photo, root / "negative" / "dup.jpg")
+    save(photo, root / "positive" / "dup_q70.jpg", quality=70)
+    relabel = write_relabels(tmp_path / "r.csv", "negative/dup.jpg,positive,the mark is on the original too")
+
+    splits = load_splits(root.parent, val_fraction=0.25, seed=0, holdout_fraction=0.25, relabel=relabel)
+    everything = splits.train + splits.val + splits.holdout
+    dups = [s for s in everything if s.path.name.startswith("dup")]
+    assert sorted(s.path.name for s in dups) == ["dup.jpg", "dup_q70.jpg"] and {s.label for s in dups} == {1}
+    assert len({s.group for s in dups}) == 1 and not splits.excluded
+    assert [(r.file, r.note) for r in splits.relabelled] == [("negative/dup.jpg", "label conflict resolved: back in the data")]
+    assert not load_splits(root.parent, val_fraction=0.25, seed=0).relabelled

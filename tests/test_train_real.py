@@ -22,7 +22,7 @@ SCRIPT = ROOT / "scripts" / "train_real.sh"
 TINY_RECIPE = {
     "weights": "none", "image_size": 75, "unfreeze_from": "Mixed_7c", "epochs": 1, "head_epochs": 0,
     "batch_size": 8, "augment": 0, "val_fraction": 0.25, "holdout_fraction": 0.25, "lr_schedule": "cosine",
-    "overlay_negatives": 0.5,
+    "overlay_negatives": 0.5, "holdout_curve": True,
 }
 
 
@@ -55,9 +55,11 @@ def test_train_real_runs_every_step_on_a_tiny_dataset(tmp_path: Path) -> None:
         make_photo(700 + i, 96).save(hard / f"h{i}.jpg")
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps(TINY_RECIPE))
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text("file,label,reason\nnegative/img_003.jpg,positive,a mark found on review\n", encoding="utf-8")
 
     proc = subprocess.run(
-        ["bash", str(SCRIPT)], env=_env(tmp_path, data, RECIPE=str(recipe), VERSION="2.1"), capture_output=True,
+        ["bash", str(SCRIPT)], env=_env(tmp_path, data, RECIPE=str(recipe), VERSION="2.1", RELABEL=str(relabel)), capture_output=True,
         text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -76,4 +78,10 @@ def test_train_real_runs_every_step_on_a_tiny_dataset(tmp_path: Path) -> None:
         assert len(list(csv.DictReader(handle))) == 3
     summary = (out / "summary.md").read_text()
     assert "| holdout: held-out real photos" in summary and "predicted watermarked: " in summary
+    history = json.loads((out / "reports" / "metrics.json").read_text())["history"]
+    assert {"holdout_f1", "holdout_fpr", "holdout_roc_auc", "elapsed_seconds"} <= set(history[0])
+    with (out / "reports" / "relabelled.csv").open() as handle:
+        assert [r["file"] for r in csv.DictReader(handle)] == ["negative/img_003.jpg"]
+    assert "| relabelled | 1 file by the run's relabel file" in summary
+    assert "| held-out F1 |" in summary and "never used to pick the epoch or the threshold" in summary
     assert "registered watermark version 1" in proc.stdout + proc.stderr

@@ -11,6 +11,7 @@ import torch
 
 from train.cli import main as cli_main
 from train.export import load_export
+from tests.conftest import write_dataset
 from train.train import TrainConfig, train
 
 TINY = dict(
@@ -168,6 +169,8 @@ def test_runtime_options_are_checked_at_the_edge(tiny_dataset: Path, tmp_path: P
         tiny_config(tiny_dataset, tmp_path, lr_schedule="linear").validate()
     with pytest.raises(ValueError, match="--cache-dtype 'int8'"):
         tiny_config(tiny_dataset, tmp_path, cache_dtype="int8").validate()
+    with pytest.raises(ValueError, match="--holdout-curve .* needs --holdout-fraction > 0"):
+        tiny_config(tiny_dataset, tmp_path, holdout_curve=True).validate()
 
 
 def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -179,3 +182,18 @@ def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tm
     assert result.epochs_run == 2
     report = json.loads((out / "reports" / "metrics.json").read_text())
     assert report["peak_rss_mb"] > 0 and report["seconds"]["cache"] >= 0
+
+
+def test_holdout_curve_is_reported_and_never_changes_the_run(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", pairs=16)
+    options = dict(holdout_fraction=0.25, export=False, save_checkpoints=False, seed=3)
+    plain = train(tiny_config(data, tmp_path / "plain", **options))
+    curve = train(tiny_config(data, tmp_path / "curve", holdout_curve=True, **options))
+
+    assert curve.threshold == plain.threshold and curve.best_score == plain.best_score
+    for a, b in zip(plain.history, curve.history):
+        assert {k: v for k, v in a.items() if k.startswith("val_")} == {k: v for k, v in b.items() if k.startswith("val_")}
+        assert not any(k.startswith("holdout_") for k in a)
+        assert 0.0 <= b["holdout_f1"] <= 1.0 and 0.0 <= b["holdout_fpr"] <= 1.0
+        assert b["elapsed_seconds"] > 0
+    assert curve.history[1]["elapsed_seconds"] > curve.history[0]["elapsed_seconds"]

@@ -84,6 +84,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of all labelled photos set aside as a held-out test split (by duplicate group), never trained, "
         "selected or thresholded on; listed in OUTPUT/reports/holdout.csv for `evaluate` (default 0)",
     )
+    a(
+        "--relabel", type=str, metavar="CSV",
+        help="relabel file (columns file,label,reason; file relative to DATA/train, label positive|negative|exclude) "
+        "applied before any split; what it changed is listed in OUTPUT/reports/relabelled.csv (default none)",
+    )
+    a(
+        "--holdout-curve", type=_bool,
+        help="also score the held-out split after every epoch at that epoch's validation threshold (holdout_* in "
+        "the history: a time-vs-quality curve for reports; never used to select anything) (default false)",
+    )
     a("--train-fraction", type=float, help="train on this seeded share of the training crops, pairs kept together (default 1.0)")
     a("--seed", type=int, help=f"random seed (default {d['seed']})")
     a("--patience", type=int, help=f"early stop after this many epochs without improvement (default {d['patience']})")

@@ -105,7 +105,7 @@ def _view_tensor(image: Image.Image, view: View) -> torch.Tensor:
 
 
 def _forward(model: torch.nn.Module, batch: torch.Tensor) -> np.ndarray:
-    out = model(batch)
+    out = model(batch.contiguous(memory_format=torch.channels_last))  # as the handler feeds TorchScript
     if not isinstance(out, torch.Tensor) or out.numel() != batch.shape[0]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise RuntimeError(f"model returned {shape} for {batch.shape[0]} images; expected logits [N, 1]")

@@ -81,6 +81,8 @@ class TrainConfig:
     overlay_negatives: float = 0
     val_fraction: float = 0.2
     holdout_fraction: float = 0.0
+    holdout_curve: bool = False
+    relabel: str | None = None
     train_fraction: float = 1.0
     seed: int = 0
     patience: int = 3
@@ -134,6 +136,8 @@ class TrainConfig:
             raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be a number >= 0")
         if not 0 <= self.holdout_fraction < 0.5:
             raise ValueError(f"--holdout-fraction {self.holdout_fraction}: allowed is 0 <= fraction < 0.5")
+        if self.holdout_curve and not self.holdout_fraction:
+            raise ValueError("--holdout-curve scores the held-out split after every epoch; it needs --holdout-fraction > 0")
         if self.num_workers < 0:
             raise ValueError(f"--num-workers {self.num_workers}: must be >= 0")
         cache_lib.check_store_dtype(self.cache_dtype)
@@ -349,6 +353,19 @@ def evaluate_split(
     return scores, choice, probs
 
 
+def holdout_row(
+    model: model_lib.WatermarkNet, dataset: Dataset, labels: np.ndarray, start: int, config: TrainConfig, threshold: float
+) -> dict[str, float]:
+    """``holdout_*`` metrics of this epoch at its validation threshold: a time-vs-quality
+    curve for reports only. Nothing (epoch, threshold, stopping) is ever chosen from them,
+    and the random state is restored (a DataLoader draws its seed from it), so the run
+    trains exactly as it would without the curve."""
+    with torch.random.fork_rng(devices=[]):
+        probs = predict_probs(model, dataset, start, config.batch_size, config.runtime(), config.num_workers)
+    scores = metrics_lib.binary_metrics(labels, probs, threshold)
+    return {f"holdout_{k}": scores[k] for k in ("f1", "precision", "recall", "fpr", "roc_auc")}
+
+
 def _score(metrics: dict[str, float], name: str) -> float:
     value = metrics.get(name, float("nan"))
     return -1.0 if value is None or math.isnan(value) else float(value)
@@ -467,7 +484,8 @@ def train(
 
     seed_everything(config.seed)
     splits = data_lib.load_splits(
-        Path(config.data), val_fraction=config.val_fraction, seed=config.seed, holdout_fraction=config.holdout_fraction
+        Path(config.data), val_fraction=config.val_fraction, seed=config.seed, holdout_fraction=config.holdout_fraction,
+        relabel=Path(config.relabel) if config.relabel else None,
     )
     splits.train = subsample_groups(splits.train, config.train_fraction, config.seed)
     if config.overlay_negatives:
@@ -476,6 +494,11 @@ def train(
         )
     skipped_csv = data_lib.write_skipped_report(splits.skipped, paths["reports"] / "skipped.csv")
     duplicates_csv = data_lib.write_data_report(splits.report, paths["reports"] / "duplicates.csv")  # logs its counts
+    relabelled_csv = paths["reports"] / "relabelled.csv"
+    if config.relabel:
+        data_lib.write_relabel_report(splits.relabelled, relabelled_csv)
+    elif relabelled_csv.exists():
+        relabelled_csv.unlink()  # a stale list from an earlier run would claim labels this run did not change
     holdout_csv = paths["reports"] / "holdout.csv"
     if splits.holdout:
         data_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
@@ -489,6 +512,7 @@ def train(
         "holdout_positive": sum(s.label for s in splits.holdout),
         "holdout_negative": sum(1 - s.label for s in splits.holdout),
         "skipped_files": len(splits.skipped),
+        "relabelled_files": len(splits.relabelled),
         **splits.report.counts(),
     }
     log.info("data: %s (validation from %s); skipped %d files, listed in %s", counts, splits.val_source, len(splits.skipped), skipped_csv)
@@ -510,6 +534,10 @@ def train(
     train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, f"{prefix}cache train")
     val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, f"{prefix}cache val")
     val_labels = np.array([s.label for s in splits.val], dtype=int)
+    holdout_inputs = None
+    if config.holdout_curve:
+        holdout_set, _ = build_inputs(model, make_items(splits.holdout, ("orig",)), spec, config, cut, f"{prefix}cache holdout")
+        holdout_inputs = (holdout_set, np.array([s.label for s in splits.holdout], dtype=int))
     train_groups = [s.batch_key for s, _ in make_items(splits.train, views)]
     sampler = data_lib.PairBatchSampler(train_groups, config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)
@@ -554,8 +582,14 @@ def train(
         tracker.log_artifact(duplicates_csv, "reports")
         if splits.holdout:
             tracker.log_artifact(holdout_csv, "reports")
+        if config.relabel:
+            tracker.log_artifact(relabelled_csv, "reports")
+            tracker.log_artifact(Path(config.relabel), "reports")
         tracker.log_metrics({"cache_seconds": cache_seconds})
         stopped_early = False
+        # elapsed_seconds: training time so far (a resumed run adds to its last row), without
+        # the seconds spent scoring the held-out split for the curve
+        measuring = -float(history[-1].get("elapsed_seconds", 0.0)) if history else 0.0
         for epoch in range(first_epoch, config.epochs):
             first_trainable = stage_block(config, epoch)
             sampler.set_epoch(epoch)
@@ -570,7 +604,12 @@ def train(
             )
             val_scores, _, _ = evaluate_split(model, epoch_val, epoch_start, config, val_labels)
             row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
+            row["elapsed_seconds"] = time.time() - started - measuring
             row.update({f"val_{k}": v for k, v in val_scores.items()})
+            if holdout_inputs is not None:
+                t_holdout = time.time()
+                row.update(holdout_row(model, *holdout_inputs, start, config, val_scores["threshold"]))
+                measuring += time.time() - t_holdout
             history.append(row)
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
             score = _score(val_scores, config.select_metric)
@@ -668,7 +707,7 @@ def train(
 
 RESUME_MUST_MATCH = (
     "data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction",
-    "overlay_negatives", "train_fraction", "holdout_fraction",
+    "overlay_negatives", "train_fraction", "holdout_fraction", "relabel",
 )
 
 

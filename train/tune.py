@@ -35,7 +35,7 @@ NOT_TUNABLE = frozenset({
     "data", "output", "cache", "cache_dir", "tracking_uri", "experiment", "run_name", "resume", "progress",
     "save_checkpoints", "export", "export_tolerance", "register", "registered_model", "weights", "image_size",
     "resize", "val_fraction", "train_fraction", "select_metric", "threshold_rule", "threshold_target", "epochs",
-    "head_epochs", "patience", "seed", "holdout_fraction", "cache_dtype", "device", "amp", "channels_last",
+    "head_epochs", "patience", "seed", "holdout_fraction", "holdout_curve", "relabel", "cache_dtype", "device", "amp", "channels_last",
     "num_workers",
 })  # fmt: skip
 TUNABLE = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TUNABLE)
