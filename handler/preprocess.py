@@ -31,6 +31,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 50_000_000  # decompression-bomb guard: 50 MP covers any phone photo
 MIN_SIDE = 8
 
+# The image formats the product accepts, as Pillow names them; no other decoder ever runs
+# (Pillow knows ~40 more, some with slow pure-Python decoders, EPS calls Ghostscript).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP and TIFF"
+# Leading bytes of common formats outside the allow-list, only to name them in the answer.
+OTHER_SIGNATURES = (
+    (b"%PDF", "PDF"),
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"Image type:", "IM"),
+    (b"\x0a\x05\x01", "PCX"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"\x01\xda", "SGI"),
+    (b"icns", "ICNS"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"#?RADIANCE", "HDR"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"<svg", "SVG"),
+    (b"<?xml", "XML/SVG"),
+)
+
 
 # Machine-readable reasons an input is refused (metric labels; keep them stable).
 REJECT_REASONS = (
@@ -39,6 +67,7 @@ REJECT_REASONS = (
     "too_small",  # a side under MIN_SIDE pixels
     "too_many_pixels",  # more than max_pixels (decompression bomb)
     "unreadable",  # a file that cannot be read
+    "unsupported_format",  # an image format outside ALLOWED_FORMATS (415)
 )
 
 
@@ -159,6 +188,24 @@ class PreprocessSpec:
             raise ValueError(f"{path}: {exc}") from None
 
 
+def sniff_format(data: bytes) -> str | None:
+    """Name of a known format *outside* the allow-list that ``data`` starts with, else None.
+
+    Only reads leading bytes; no decoder runs. Netpbm (``P1``-``P7``) and ISO-BMFF
+    (HEIF/AVIF, ``ftyp`` at offset 4) are recognised by shape.
+    """
+    head = data[:32]
+    for signature, name in OTHER_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if len(head) >= 3 and head[:1] == b"P" and head[1:2] in b"1234567" and head[2:3] in b" \t\r\n":
+        return "Netpbm (PBM/PGM/PPM/PAM)"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12].decode("ascii", "replace").strip()
+        return f"ISO media ({brand or 'unknown brand'}: HEIF/AVIF/video)"
+    return None
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "input", draft_size: int | None = None
 ) -> Image.Image:
@@ -170,20 +217,24 @@ def decode_image(
     reduction (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``
     (:attr:`PreprocessSpec.draft_size`); the pixel limit applies to the full size.
 
+    Only the :data:`ALLOWED_FORMATS` decoders are ever tried (training, prediction and
+    serving all come here, so they accept the same files).
+
     Raises:
-        ImageDecodeError: empty or undecodable data (400), more than ``max_pixels``
-            pixels (413), or a side shorter than 8 pixels (400). ``source`` names the
-            input in the message.
+        ImageDecodeError: empty or undecodable data (400), a format outside the
+            allow-list (415, naming it when its leading bytes are known), more than
+            ``max_pixels`` pixels (413), or a side shorter than 8 pixels (400).
+            ``source`` names the input in the message.
     """
     if not data:
         raise ImageDecodeError(
-            f"{source}: empty body; send the bytes of a JPEG, PNG, WebP, GIF, BMP or TIFF image", reason="empty"
+            f"{source}: empty body; send the bytes of a {ALLOWED_TEXT.replace(' and ', ' or ')} image", reason="empty"
         )
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below replaces Pillow's global warning level
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -207,13 +258,18 @@ def decode_image(
             reason="too_many_pixels",
         ) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError(
-            f"{source}: not a decodable image (unrecognised format); allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
-        ) from None
+        other = sniff_format(data)
+        if other is not None:
+            raise ImageDecodeError(
+                f"{source}: {other} images are not accepted; allowed are {ALLOWED_TEXT}",
+                status=415,
+                reason="unsupported_format",
+            ) from None
+        raise ImageDecodeError(f"{source}: not a decodable image (unrecognised format); allowed are {ALLOWED_TEXT}") from None
     except Exception as exc:  # PIL raises many types for corrupt data
+        detail = str(exc)[:200]  # a decoder message can quote the input; keep it short
         raise ImageDecodeError(
-            f"{source}: not a decodable image ({type(exc).__name__}: {exc}); "
-            "allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
+            f"{source}: not a decodable image ({type(exc).__name__}: {detail}); allowed are {ALLOWED_TEXT}"
         ) from None
     if min(image.size) < MIN_SIDE:
         raise ImageDecodeError(

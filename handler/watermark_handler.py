@@ -38,7 +38,8 @@ on the metrics port, with a Hostname label added by the frontend)::
     watermark_verdicts_total{ModelName, ModelVersion, Level="Model", Verdict="watermark"|"clean"}
     watermark_rejected_inputs_total{ModelName, ModelVersion, Level="Model", Reason=...}
 
-Reasons: empty, undecodable, too_small, too_many_pixels (preprocess.REJECT_REASONS) and the
+Reasons: empty, undecodable, unsupported_format, too_small, too_many_pixels, unreadable
+(preprocess.REJECT_REASONS) and the
 handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error.
 
 Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default) or
@@ -159,6 +160,17 @@ def reason_phrase(message: str) -> str:
     return text[:REASON_MAX_CHARS] or "Bad Request"
 
 
+FIELD_NAMES_SHOWN = 4  # at most this many client-chosen field names go into an answer or a log line
+FIELD_NAME_CHARS = 32  # each cut to this many characters
+
+
+def shown_fields(row: dict) -> str:
+    """A few of a form's field names, each cut short: the client chose them, so they are bounded."""
+    names = sorted(reason_phrase(str(k))[:FIELD_NAME_CHARS] for k in row)
+    more = len(names) - FIELD_NAMES_SHOWN
+    return ", ".join(repr(n) for n in names[:FIELD_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
 def extract_body(row: Any) -> bytes:
     """The image bytes of one request, or ImageDecodeError(400) saying what was wrong."""
     source = SOURCE
@@ -168,23 +180,25 @@ def extract_body(row: Any) -> bytes:
         raise ImageDecodeError(
             f"{source}: unsupported input of type {type(row).__name__}; {HOW_TO_SEND}", reason="not_image_bytes"
         )
-    value = None
-    for key in BODY_KEYS:
-        if key in row and row[key] is not None:
-            value = row[key]
-            break
+    binary = [key for key, val in row.items() if isinstance(val, (bytes, bytearray, memoryview))]
+    named = [key for key in BODY_KEYS if row.get(key) is not None]
+    if len(binary) > 1 or len(named) > 1:
+        raise ImageDecodeError(
+            f"{source}: cannot tell which form field holds the image ({len(row)} fields: {shown_fields(row)}); "
+            f"send one; {HOW_TO_SEND}",
+            reason="ambiguous_form",
+        )
+    if named:
+        value = row[named[0]]
+    elif binary:
+        value = row[binary[0]]
+    elif not row:
+        value = b""
     else:
-        binary = [key for key, val in row.items() if isinstance(val, (bytes, bytearray, memoryview))]
-        if len(binary) == 1:
-            value = row[binary[0]]
-        elif not row:
-            value = b""
-        else:
-            raise ImageDecodeError(
-                f"{source}: cannot tell which form field holds the image (fields: {sorted(map(str, row))}); "
-                f"{HOW_TO_SEND}",
-                reason="ambiguous_form",
-            )
+        raise ImageDecodeError(
+            f"{source}: no form field holds image bytes ({len(row)} fields: {shown_fields(row)}); {HOW_TO_SEND}",
+            reason="ambiguous_form",
+        )
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, str):

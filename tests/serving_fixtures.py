@@ -123,6 +123,11 @@ def encode(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
     return buf.getvalue()
 
 
+def other_format_bytes(fmt: str) -> bytes:
+    """A valid image in a Pillow format outside the product's allow-list (PPM, ICO, EPS, TGA, ...)."""
+    return encode(rgb_image(64, 48, 5), fmt)
+
+
 def jpeg_bytes(width: int = 120, height: int = 90, seed: int = 0) -> bytes:
     return encode(rgb_image(width, height, seed), "JPEG", quality=90)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from handler.preprocess import decode_image
+from handler.preprocess import ImageDecodeError, decode_image
 from handler.watermark_handler import WatermarkHandler, extract_body, reason_phrase
 from tests import serving_fixtures as sf
 
@@ -188,8 +188,11 @@ def test_multipart_and_other_body_shapes(loaded, export_dir):
 def test_extract_body_accepts_bytearray_and_memoryview():
     assert extract_body({"body": bytearray(b"abc")}) == b"abc"
     assert extract_body({"data": memoryview(b"xyz")}) == b"xyz"
-    # row.get("data") or row.get("body") would skip an empty "data"; here it is reported
-    assert extract_body({"data": b"", "body": b"x"}) == b""
+    # two image fields, even with one empty, are ambiguous (never the first one silently)
+    with pytest.raises(ImageDecodeError, match=r"cannot tell which form field holds the image \(2 fields: 'body', 'data'\)") as err:
+        extract_body({"data": b"", "body": b"x"})
+    assert err.value.reason == "ambiguous_form"
+    assert extract_body({"data": b""}) == b""  # an empty field is reported as empty by the decoder
 
 
 def test_reason_phrase_is_one_ascii_line():

@@ -152,3 +152,54 @@ def test_spec_roundtrip_and_validation(tmp_path: Path) -> None:
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="nope.jpg"):
         load_image_file(tmp_path / "nope.jpg")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "status", "words"),
+    [
+        ("PPM", 415, "Netpbm (PBM/PGM/PPM/PAM) images are not accepted"),
+        ("ICO", 415, "ICO images are not accepted"),
+        ("EPS", 415, "PostScript/EPS images are not accepted"),
+        ("PDF", 415, "PDF images are not accepted"),
+        ("SGI", 415, "SGI images are not accepted"),
+        ("QOI", 415, "QOI images are not accepted"),
+        ("DDS", 415, "DDS images are not accepted"),
+        ("JPEG2000", 415, "JPEG 2000 images are not accepted"),
+        ("PCX", 415, "PCX images are not accepted"),
+        ("IM", 415, "IM images are not accepted"),
+        ("TGA", 400, "not a decodable image (unrecognised format)"),
+        ("SPIDER", 400, "not a decodable image (unrecognised format)"),
+    ],
+)
+def test_formats_outside_the_allow_list_never_reach_a_decoder(fmt: str, status: int, words: str, monkeypatch) -> None:
+    image = Image.new("L" if fmt == "SPIDER" else "RGB", (64, 48), 128)
+    data = encode(image, fmt)
+    if fmt != "PDF":  # Pillow writes PDF but has no reader for it
+        assert Image.open(io.BytesIO(data)).format  # Pillow itself would open it
+    opened: list[str] = []
+    real_open = Image.open
+
+    def spy(fp, mode="r", formats=None):
+        opened.append(",".join(formats or ["any"]))
+        return real_open(fp, mode, formats)
+
+    monkeypatch.setattr(Image, "open", spy)
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(data, source="upload.bin")
+    assert err.value.status == status and words in str(err.value)
+    assert "upload.bin" in str(err.value) and "allowed are JPEG, PNG, WebP, GIF, BMP and TIFF" in str(err.value)
+    assert err.value.reason == ("unsupported_format" if status == 415 else "undecodable")
+    assert opened == ["JPEG,PNG,WEBP,GIF,BMP,TIFF"]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"])
+def test_allowed_formats_decode(fmt: str) -> None:
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    assert decode_image(encode(image, fmt)).size == (64, 48)
+
+
+def test_long_decoder_messages_are_cut() -> None:
+    data = encode(Image.new("RGB", (64, 48)), "PNG")
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(data[:60] + b"x" * 5000, source="cut.png")
+    assert len(str(err.value)) < 400

@@ -47,6 +47,13 @@ CASES = {
     "animated_gif": (sf.animated_gif_bytes(), VERDICT, None, []),
     "webp": (sf.webp_bytes(), VERDICT, None, []),
     "exif_rotated_jpeg": (sf.exif_rotated_jpeg_bytes(), VERDICT, None, []),
+    "bmp": (sf.other_format_bytes("BMP"), VERDICT, None, []),
+    "tiff": (sf.other_format_bytes("TIFF"), VERDICT, None, []),
+    # Pillow decodes ~40 more formats; the allow-list keeps every other decoder from running
+    "ppm": (sf.other_format_bytes("PPM"), 415, "unsupported_format", ["Netpbm (PBM/PGM/PPM/PAM) images are not accepted", ALLOWED_FORMATS]),
+    "ico": (sf.other_format_bytes("ICO"), 415, "unsupported_format", ["ICO images are not accepted", ALLOWED_FORMATS]),
+    "eps": (sf.other_format_bytes("EPS"), 415, "unsupported_format", ["PostScript/EPS images are not accepted", ALLOWED_FORMATS]),
+    "tga": (sf.other_format_bytes("TGA"), 400, "undecodable", ["not a decodable image (unrecognised format)", ALLOWED_FORMATS]),
 }
 
 
@@ -132,6 +139,17 @@ def test_multipart_upload_works_like_curl_T(server):
         headers=server.auth(), timeout=TIMEOUT,
     )
     assert two.status_code == 400 and "cannot tell which form field" in two.json()["error"]
+    # both named fields at once is just as ambiguous (it used to take the first)
+    both = requests.post(
+        server.predict_url, files={"data": ("a.jpg", data, "image/jpeg"), "file": ("b.jpg", data, "image/jpeg")},
+        headers=server.auth(), timeout=TIMEOUT,
+    )
+    assert both.status_code == 400 and "2 fields: 'data', 'file'" in both.json()["error"]
+    # client-chosen field names are echoed bounded: a 1 MB name does not come back
+    huge = {"x" * 1_000_000: ("a.jpg", data, "image/jpeg"), **{f"f{i}": (f"{i}.jpg", data, "image/jpeg") for i in range(9)}}
+    long = requests.post(server.predict_url, files=huge, headers=server.auth(), timeout=TIMEOUT)
+    assert long.status_code == 400 and "10 fields" in long.json()["error"] and "and 6 more" in long.json()["error"]
+    assert len(long.content) < 1000
 
 
 def test_body_over_the_size_limit_is_refused_before_the_handler(server):
