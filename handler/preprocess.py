@@ -283,15 +283,39 @@ def decode_image(
     return to_rgb(image)
 
 
+CONVERT_CHUNK_PIXELS = 1 << 20  # float64 scratch of a 16-bit or float conversion: 8 MB at a time
+
+
+def _to_uint8(array: np.ndarray, divisor: float, scale: float, offset: float) -> np.ndarray:
+    """``uint8(clip(array / divisor * scale + offset, 0, 255))`` computed in float64 a few rows at a
+    time, so a 16-bit or float image never gets a whole-image float64 copy (8 bytes per
+    pixel, several times over); same values as the whole-array formula."""
+    out = np.empty(array.shape, dtype=np.uint8)
+    rows = max(1, CONVERT_CHUNK_PIXELS // max(1, array.shape[1] if array.ndim > 1 else 1))
+    for start in range(0, array.shape[0], rows):
+        chunk = array[start : start + rows].astype(np.float64)
+        chunk /= divisor  # in place: one scratch buffer, the same arithmetic as the formula
+        chunk *= scale
+        chunk += offset
+        np.clip(chunk, 0, 255, out=chunk)
+        out[start : start + rows] = chunk  # truncates like astype(np.uint8)
+    return out
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparent pixels become white."""
+    """Convert any Pillow mode to 8-bit RGB; transparent pixels become white.
+
+    16-bit and 32-bit integer images scale their range (65535, or 255 when an ``I`` image
+    stays within it) to 0-255 with rounding; float images scale 0-1 (or 0-255) with
+    truncation. Both are computed in bounded chunks (:func:`_to_uint8`).
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
+        array = np.asarray(image)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(_to_uint8(array, peak, 255.0, 0.5), "L")
     elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+        array = np.asarray(image)
+        image = Image.fromarray(_to_uint8(array, 1.0, 255.0 if array.max() <= 1.0 else 1.0, 0.0), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

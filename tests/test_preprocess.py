@@ -203,3 +203,51 @@ def test_long_decoder_messages_are_cut() -> None:
     with pytest.raises(ImageDecodeError) as err:
         decode_image(data[:60] + b"x" * 5000, source="cut.png")
     assert len(str(err.value)) < 400
+
+
+def _old_to_l(image: Image.Image) -> np.ndarray:
+    """The whole-array float64 formulas to_rgb used before it worked in chunks."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        return np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    return np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "values"),
+    [
+        ("I;16", np.arange(0, 65536, dtype=np.uint16)),
+        ("I", np.arange(-300, 70000, 7, dtype=np.int32)),
+        ("I", np.arange(0, 256, dtype=np.int32)),
+        ("F", np.linspace(-0.1, 1.0, 50001, dtype=np.float32)),
+        ("F", np.linspace(-5, 300, 50001, dtype=np.float32)),
+    ],
+)
+def test_high_bit_depth_conversion_is_chunked_and_unchanged(mode: str, values: np.ndarray, monkeypatch) -> None:
+    from handler import preprocess
+
+    side = int(np.ceil(np.sqrt(values.size)))
+    grid = np.resize(values, side * side).reshape(side, side)
+    image = Image.frombytes(mode, (side, side), grid.astype("<u2").tobytes()) if mode == "I;16" else Image.fromarray(grid, mode)
+    monkeypatch.setattr(preprocess, "CONVERT_CHUNK_PIXELS", side * 3)  # many chunks, a short last one
+    got = np.asarray(preprocess.to_rgb(image))
+    assert got.shape == (side, side, 3)
+    assert np.array_equal(got[..., 0], _old_to_l(image)) and np.array_equal(got[..., 0], got[..., 2])
+
+
+def test_sixteen_bit_conversion_needs_no_whole_image_float_copy() -> None:
+    import tracemalloc
+
+    from handler.preprocess import to_rgb
+
+    image = Image.frombytes("I;16", (2000, 2000), np.full((2000, 2000), 40000, dtype="<u2").tobytes())  # 4 MP
+    tracemalloc.start()
+    try:
+        to_rgb(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # numpy's buffers are traced: reading the pixels (16 MB at its peak), the uint8 result
+    # (4 MB) and 8 MB of float64 scratch; the whole-image float64 formulas peaked at 92 MB
+    assert peak < 30 * 2**20, peak
