@@ -57,6 +57,15 @@ VENV_BIN = Path(sys.executable).parent
 # ----------------------------------------------------------------------------- helpers
 
 
+def loopback_session() -> requests.Session:
+    """A session that ignores http(s)_proxy: the server is on loopback and the keys must not leave it."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones."""
     for _ in range(warmup):
@@ -266,7 +275,8 @@ class Served:
             if key_file.exists():
                 try:
                     self.key = json.loads(key_file.read_text())["inference"]["key"]
-                    probe = requests.put(self.url, data=encode(Image.new("RGB", (64, 64)), "JPEG"), headers=self.headers, timeout=30)
+                    with loopback_session() as session:
+                        probe = session.put(self.url, data=encode(Image.new("RGB", (64, 64)), "JPEG"), headers=self.headers, timeout=30)
                     if probe.status_code == 200:
                         return
                 except (requests.RequestException, ValueError, KeyError):
@@ -303,7 +313,7 @@ def drive(served: Served, body: bytes, clients: int, seconds: float, warmup: flo
     lock = threading.Lock()
 
     def client() -> None:
-        session = requests.Session()
+        session = loopback_session()
         while True:
             t0 = time.monotonic()
             if t0 >= stop_at:

@@ -59,6 +59,13 @@ TAG_HEADER = "X-Request-Tag"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
+def loopback_session() -> requests.Session:
+    """A session that ignores http(s)_proxy: the server is on loopback and the keys must not leave it."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 class LoadTestError(Exception):
     pass
 
@@ -202,7 +209,7 @@ def run_clients(client: Client, images: list[bytes], clients: int, duration: flo
     deadline = started + duration
 
     def worker(cid: int) -> None:
-        with requests.Session() as session:
+        with loopback_session() as session:
             for seq in itertools.count():
                 if time.monotonic() >= deadline or next(counter) >= max_requests:
                     return
@@ -237,7 +244,8 @@ class WorkerKiller(threading.Thread):
         self.error: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        resp = requests.get(f"{self.management}/models/{self.model}", headers=self.headers, timeout=(2, 5))
+        with loopback_session() as session:
+            resp = session.get(f"{self.management}/models/{self.model}", headers=self.headers, timeout=(2, 5))
         resp.raise_for_status()
         return resp.json()[0]
 
@@ -400,7 +408,8 @@ def run(args) -> dict[str, Any]:
 
     mgmt_headers = {"Authorization": f"Bearer {keys['management']}"}
     try:
-        described = requests.get(f"{management}/models/{args.model}", headers=mgmt_headers, timeout=(2, 10))
+        with loopback_session() as session:
+            described = session.get(f"{management}/models/{args.model}", headers=mgmt_headers, timeout=(2, 10))
     except requests.RequestException as exc:
         raise LoadTestError(f"cannot reach the management API at {management} ({exc})") from None
     if described.status_code != 200:
@@ -415,7 +424,7 @@ def run(args) -> dict[str, Any]:
     # reference: every image alone, one at a time
     reference: dict[int, tuple[float, str]] = {}
     single_ms = []
-    with requests.Session() as session:
+    with loopback_session() as session:
         for i, data in enumerate(images):
             r = client.send(session, data, f"ref-{i:04d}", i, time.monotonic())
             if r.status != 200 or r.probability is None:

@@ -112,12 +112,15 @@ class Management:
         self.url = url.rstrip("/")
         self.key = key
         self.timeout = timeout
+        # Loopback only, and never through a proxy: http_proxy/https_proxy in the
+        # environment would otherwise receive the management key.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def call(self, method: str, path: str, query: dict[str, Any] | None = None, timeout: float | None = None):
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {self.key}"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as resp:  # noqa: S310 (loopback)
+            with self._opener.open(request, timeout=timeout or self.timeout) as resp:  # noqa: S310 (loopback)
                 body = resp.read()
                 return json.loads(body) if body else None
         except urllib.error.HTTPError as exc:

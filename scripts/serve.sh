@@ -63,7 +63,7 @@ read_key() {  # read_key inference|management|API
 http_code() {  # http_code URL KEY [curl args...]
     local url="$1" key="$2"
     shift 2
-    curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $key" "$@" "$url" || true
+    curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $key" "$@" "$url" || true
 }
 
 check_java() {
@@ -88,7 +88,7 @@ is_healthy() {
 model_ready() {  # a worker of the model is READY (management API; /ping turns 200 earlier)
     local key body
     key="$(read_key management 2>/dev/null)" || return 1
-    body="$(curl -s --max-time 5 -H "Authorization: Bearer $key" "$(management_url)/models/$MODEL" || true)"
+    body="$(curl -s --noproxy '*' --max-time 5 -H "Authorization: Bearer $key" "$(management_url)/models/$MODEL" || true)"
     [[ "$body" == *'"status": "READY"'* ]]
 }
 

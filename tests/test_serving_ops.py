@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import os
 import subprocess
 import threading
 import time
@@ -333,3 +334,42 @@ def test_killed_worker_is_restarted_and_service_recovers(server, tmp_path):
     assert server.worker_status() == ["READY"] and server.worker_pids() == fault["new_pids"]
     assert put_image(server, sf.jpeg_bytes()).status_code == 200
     print(f"\nworker kill: {json.dumps(fault)}")
+
+
+def test_models_script_never_sends_the_key_through_a_proxy(server):
+    import socket
+    import threading
+
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(4)
+    trap.settimeout(0.2)
+    caught: list[bytes] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = trap.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    caught.append(conn.recv(4096))
+                except OSError:
+                    caught.append(b"")
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    proxy = f"http://127.0.0.1:{trap.getsockname()[1]}"
+    env = {**os.environ, "http_proxy": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy, "no_proxy": "", "NO_PROXY": ""}
+    common = ["--config", str(server.config_file), "--key-file", str(server.key_file)]
+    try:
+        result = subprocess.run([PYTHON, str(MODELS), "list", *common], capture_output=True, text=True, timeout=60, env=env)
+    finally:
+        done.set()
+        thread.join(timeout=2)
+        trap.close()
+    assert result.returncode == 0, result.stderr
+    assert caught == []  # the proxy saw no connection, so no Authorization header either
