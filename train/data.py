@@ -667,10 +667,11 @@ def load_splits(
     if not 0 <= holdout_fraction < 0.5:
         raise ValueError(f"holdout_fraction={holdout_fraction!r}: allowed is 0 <= fraction < 0.5")
     train_root, val_root = resolve_train_root(data)
+    relabels = read_relabel_file(Path(relabel)) if relabel is not None else None  # a bad file fails before the scan
     scanned = scan_folder(train_root)
     relabelled: list[RelabelRow] = []
-    if relabel is not None:
-        scanned, relabelled = apply_relabels(scanned, train_root, read_relabel_file(Path(relabel)))
+    if relabels is not None:
+        scanned, relabelled = apply_relabels(scanned, train_root, relabels)
     samples, holdout = scanned.samples, []
     if holdout_fraction > 0:
         samples, holdout = stratified_split(samples, val_fraction=holdout_fraction, seed=seed + HOLDOUT_SEED_OFFSET)
