@@ -43,7 +43,7 @@ trap 'rm -f "$responses"' EXIT
 export KEY
 # 8 clients at once, so TorchServe forms batches (batchSize 8 in config.properties).
 find "$DATA/test" -name '*.jpg' -print0 | sort -z | xargs -0 -P 8 -I{} bash -c '
-  body=$(curl -sS --noproxy '*' --max-time 60 -H "Authorization: Bearer $KEY" -T "$1" http://127.0.0.1:8080/predictions/watermark \
+  body=$(curl -sS --noproxy "*" --max-time 60 -H "Authorization: Bearer $KEY" -T "$1" http://127.0.0.1:8080/predictions/watermark \
          || echo "{\"error\": \"curl failed\"}")
   printf "%s\t%s\n" "$(basename "$1")" "$(echo "$body" | tr -d "\n")"' _ {} >> "$responses"
 sort -o "$responses" "$responses"
