@@ -12,9 +12,12 @@ import io
 import json
 import math
 import re
+import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -68,6 +71,7 @@ REJECT_REASONS = (
     "too_many_pixels",  # more than max_pixels (decompression bomb)
     "unreadable",  # a file that cannot be read
     "unsupported_format",  # an image format outside ALLOWED_FORMATS (415)
+    "over_memory_budget",  # decoding would take more than decode_budget() bytes (413)
 )
 
 
@@ -206,125 +210,378 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(
+BYTES_PER_PIXEL_BUDGET = 4  # the decode budget is what the largest allowed RGB image takes (Pillow stores RGB in 4 bytes)
+
+
+def decode_budget(max_pixels: int) -> int:
+    """Bytes one image may hold while it is decoded and converted: ``4 * max_pixels``
+    (200 MB at the default 50 MP), i.e. an RGB image at the pixel limit just fits; modes
+    that cost more per pixel (alpha, CMYK, WebP's decode buffer) fit fewer pixels."""
+    return BYTES_PER_PIXEL_BUDGET * max_pixels
+
+
+# Pillow's storage per pixel by mode (modes not listed take 4 bytes: RGB, RGBA, LA, CMYK, ...).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
+_RGB_BYTES = 4
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# WebP decodes into a separate buffer that is then copied into the image: measured 16 bytes per
+# pixel in all for an RGB WebP (scripts/bench_inputs.py).
+_WEBP_DECODE_BYTES = 12
+_ORIENTATION_TAG = 0x0112
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation known before the pixels are read (1 when none or unreadable).
+
+    A PNG's eXIf chunk counts only when it precedes the image data (Pillow reads it at open).
+    """
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        value = exif.get(_ORIENTATION_TAG, 1)
+        return value if isinstance(value, int) else 1
+    except Exception:  # a broken EXIF block is ignored here as in exif_transpose
+        return 1
+
+
+def decode_cost(image: Image.Image) -> int:
+    """Peak bytes that decoding ``image`` (opened, not loaded) and converting it to RGB take.
+
+    Each step of :func:`decode_image` holds its input and its output at once: the decoded
+    image, an EXIF transposition (same mode), the 8-bit step of 16-bit/float images and the
+    RGB result (alpha is flattened by pasting onto white: source + result). The figures per
+    mode are Pillow's storage; ``scripts/bench_inputs.py`` measures the real peaks.
+    """
+    width, height = image.size
+    mode = image.mode
+    stored = _STORED_BYTES.get(mode, 4)
+    if mode == "RGB":
+        per_pixel = stored
+    elif mode in _WIDE_MODES:
+        per_pixel = max(stored + 1, 1 + _RGB_BYTES)  # -> 8-bit grey (chunked), then grey -> RGB
+    elif (mode == "P" and "transparency" in image.info) or mode in ("PA", "La", "RGBa"):
+        per_pixel = stored + 4 + _RGB_BYTES  # -> RGBA, then pasted onto a white RGB canvas
+    else:  # 1, L, opaque P: + RGB; LA, RGBA: pasted onto RGB; CMYK, YCbCr, LAB, ...: + RGB
+        per_pixel = stored + _RGB_BYTES
+    if _orientation(image) != 1:
+        per_pixel = max(per_pixel, 2 * stored)  # transposed in its own mode before conversion
+    if image.format == "WEBP":
+        per_pixel = max(per_pixel, stored + _WEBP_DECODE_BYTES)
+    return width * height * per_pixel
+
+
+class DecodeBudget:
+    """Bytes that decodes running at the same time may hold together (threads of one batch).
+
+    ``reserve(nbytes)`` waits until the estimate fits beside the decodes already running,
+    so a batch of large images decodes partly in sequence instead of all at once; one image
+    never waits for more than the whole capacity.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity={capacity!r}: must be a positive number of bytes")
+        self.capacity = capacity
+        self.in_use = 0
+        self.peak = 0  # the most bytes reserved at once so far (tests and logs read it)
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(max(0, nbytes), self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_use + nbytes <= self.capacity)
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_use -= nbytes
+                self._changed.notify_all()
+
+
+# Arithmetic-coded JPEG frames (SOF9-11, 13-15): no lower bound on their size below.
+_ARITHMETIC_SOF = tuple(bytes((0xFF, marker)) for marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def jpeg_min_bytes(width: int, height: int) -> int:
+    """Fewest bytes a complete Huffman-coded JPEG of this size can have.
+
+    Every 8x8 luminance block is coded with at least one bit (its DC difference, in the
+    first scan whether baseline or progressive), so a 7000x7000 JPEG needs ~96 KB; a smaller
+    one is truncated (libjpeg would invent the missing rows instead of failing).
+    """
+    return math.ceil(width / 8) * math.ceil(height / 8) // 8
+
+
+def _decode_error(exc: Exception, data: bytes, source: str, max_pixels: int) -> ImageDecodeError:
+    """The ImageDecodeError (status, reason, message) for an exception raised by Pillow."""
+    if isinstance(exc, ImageDecodeError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        # Pillow refuses > 2x its own limit inside Image.open(); its message has the count
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        what = f"{int(claimed.group(1))} pixels, " if claimed else ""
+        return ImageDecodeError(
+            f"{source}: image too large ({what}beyond Pillow's decompression-bomb limit); "
+            f"at most {max_pixels} pixels allowed",
+            status=413,
+            reason="too_many_pixels",
+        )
+    if isinstance(exc, UnidentifiedImageError):
+        other = sniff_format(data)
+        if other is not None:
+            return ImageDecodeError(
+                f"{source}: {other} images are not accepted; allowed are {ALLOWED_TEXT}",
+                status=415,
+                reason="unsupported_format",
+            )
+        return ImageDecodeError(f"{source}: not a decodable image (unrecognised format); allowed are {ALLOWED_TEXT}")
+    detail = str(exc)[:200]  # a decoder message can quote the input; keep it short
+    return ImageDecodeError(
+        f"{source}: not a decodable image ({type(exc).__name__}: {detail}); allowed are {ALLOWED_TEXT}"
+    )
+
+
+# Pillow parses the headers of JPEG (markers up to the first scan), PNG (every chunk) and GIF
+# (blocks before the first frame) in Python, one step per marker, chunk, sub-block or stray
+# byte: 20 MB of tiny ones held a worker for 2-4.5 s. Walking them here first, with a cap,
+# costs milliseconds; real photos have a few dozen (a 20 MB PNG in 8 KB chunks: 2,560).
+MAX_HEADER_STEPS = 50_000
+
+
+def _jpeg_steps(data: bytes, cap: int) -> int:
+    """Markers, fill bytes and stray bytes from the start of a JPEG to its first scan."""
+    pos, steps, size = 2, 0, len(data)
+    while pos + 4 <= size and steps <= cap:
+        steps += 1
+        if data[pos] != 0xFF:  # stray byte: Pillow skips it, one at a time
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in (0xDA, 0xD9):  # start of scan (the C decoder takes over), end of image
+            break
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return steps
+
+
+def _png_steps(data: bytes, cap: int) -> int:
+    """Chunks of a PNG up to IEND (Pillow reads the ones after the image data too)."""
+    pos, steps, size = 8, 0, len(data)
+    while pos + 8 <= size and steps <= cap:
+        steps += 1
+        if data[pos + 4 : pos + 8] == b"IEND":
+            break
+        pos += 12 + int.from_bytes(data[pos : pos + 4], "big")
+    return steps
+
+
+def _gif_steps(data: bytes, cap: int) -> int:
+    """Extension blocks and their sub-blocks before a GIF's first frame."""
+    if len(data) < 13:
+        return 0
+    flags = data[10]
+    pos = 13 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0)
+    steps, size = 0, len(data)
+    while pos < size and data[pos] == 0x21 and steps <= cap:  # extension introducer
+        pos += 2
+        steps += 1
+        while pos < size and data[pos] != 0 and steps <= cap:
+            pos += 1 + data[pos]
+            steps += 1
+        pos += 1
+    return steps
+
+
+_STEP_WALKERS = ((b"\xff\xd8", "JPEG", _jpeg_steps), (b"\x89PNG\r\n\x1a\n", "PNG", _png_steps), (b"GIF8", "GIF", _gif_steps))
+
+
+def check_header_steps(data: bytes, source: str = "input", cap: int = MAX_HEADER_STEPS) -> None:
+    """Refuse (400) a JPEG, PNG or GIF whose header takes more than ``cap`` parsing steps."""
+    for signature, name, walk in _STEP_WALKERS:
+        if data.startswith(signature):
+            if walk(data, cap) > cap:
+                raise ImageDecodeError(
+                    f"{source}: {name} with more than {cap} header markers, chunks or blocks "
+                    f"(real photos have a few dozen); allowed are {ALLOWED_TEXT}"
+                )
+            return
+
+
+def open_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "input", draft_size: int | None = None
 ) -> Image.Image:
-    """Decode bytes into an upright 8-bit RGB image.
+    """Identify ``data`` and read its header only (no pixels): the checks that cost nothing.
 
-    Any mode becomes RGB (transparency is composited on white, 16-bit is scaled
-    down, CMYK is converted); EXIF orientation is applied; animated images give
-    their first frame. With ``draft_size`` a JPEG is decoded at the largest DCT
-    reduction (1/2, 1/4, 1/8) that keeps both sides >= ``draft_size``
-    (:attr:`PreprocessSpec.draft_size`); the pixel limit applies to the full size.
-
-    Only the :data:`ALLOWED_FORMATS` decoders are ever tried (training, prediction and
-    serving all come here, so they accept the same files).
-
-    Raises:
-        ImageDecodeError: empty or undecodable data (400), a format outside the
-            allow-list (415, naming it when its leading bytes are known), more than
-            ``max_pixels`` pixels (413), or a side shorter than 8 pixels (400).
-            ``source`` names the input in the message.
+    Refuses empty data, formats outside :data:`ALLOWED_FORMATS` (no other decoder is tried)
+    and run-length BMPs, headers of more than :data:`MAX_HEADER_STEPS` steps, more than ``max_pixels`` pixels, sides under :data:`MIN_SIDE`, JPEGs too short for their
+    size (:func:`jpeg_min_bytes`) and images whose decoding would take more than
+    :func:`decode_budget` bytes (:func:`decode_cost`). Selects the JPEG draft scale.
     """
     if not data:
         raise ImageDecodeError(
             f"{source}: empty body; send the bytes of a {ALLOWED_TEXT.replace(' and ', ' or ')} image", reason="empty"
         )
+    check_header_steps(data, source)
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below replaces Pillow's global warning level
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"{source}: {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
-                    status=413,
-                    reason="too_many_pixels",
-                )
-            if draft_size is not None and image.format == "JPEG" and min(width, height) >= 2 * draft_size:
-                image.draft(image.mode if image.mode in ("L", "RGB", "CMYK") else "RGB", (draft_size, draft_size))
-            image.load()
-    except ImageDecodeError:
-        raise
-    except Image.DecompressionBombError as exc:
-        # Pillow refuses > 2x its own limit inside Image.open(); its message has the count
-        claimed = re.search(r"\((\d+) pixels\)", str(exc))
-        what = f"{int(claimed.group(1))} pixels, " if claimed else ""
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise _decode_error(exc, data, source, max_pixels) from None
+    if image.format == "BMP" and image.tile and image.tile[0][0] == "bmp_rle":
         raise ImageDecodeError(
-            f"{source}: image too large ({what}beyond Pillow's decompression-bomb limit); "
-            f"at most {max_pixels} pixels allowed",
+            f"{source}: run-length-compressed BMP images are not accepted (Pillow decodes them in "
+            f"slow Python; BMP is accepted uncompressed); allowed are {ALLOWED_TEXT}",
+            status=415,
+            reason="unsupported_format",
+        )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"{source}: {width}x{height} = {width * height} pixels; at most {max_pixels} allowed",
             status=413,
             reason="too_many_pixels",
-        ) from None
-    except UnidentifiedImageError:
-        other = sniff_format(data)
-        if other is not None:
-            raise ImageDecodeError(
-                f"{source}: {other} images are not accepted; allowed are {ALLOWED_TEXT}",
-                status=415,
-                reason="unsupported_format",
-            ) from None
-        raise ImageDecodeError(f"{source}: not a decodable image (unrecognised format); allowed are {ALLOWED_TEXT}") from None
-    except Exception as exc:  # PIL raises many types for corrupt data
-        detail = str(exc)[:200]  # a decoder message can quote the input; keep it short
-        raise ImageDecodeError(
-            f"{source}: not a decodable image ({type(exc).__name__}: {detail}); allowed are {ALLOWED_TEXT}"
-        ) from None
-    if min(image.size) < MIN_SIDE:
-        raise ImageDecodeError(
-            f"{source}: {image.size[0]}x{image.size[1]} is too small; each side must be >= {MIN_SIDE} px",
-            reason="too_small",
         )
-    try:
-        image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block must not reject an otherwise fine photo
-        pass
-    return to_rgb(image)
+    if min(width, height) < MIN_SIDE:
+        raise ImageDecodeError(
+            f"{source}: {width}x{height} is too small; each side must be >= {MIN_SIDE} px", reason="too_small"
+        )
+    if image.format == "JPEG":
+        needed = jpeg_min_bytes(width, height)
+        if len(data) < needed and not any(marker in data[:65536] for marker in _ARITHMETIC_SOF):
+            raise ImageDecodeError(
+                f"{source}: truncated JPEG: a {width}x{height} JPEG has at least {needed} bytes, this one "
+                f"{len(data)}; allowed are {ALLOWED_TEXT}"
+            )
+        if draft_size is not None and min(width, height) >= 2 * draft_size:
+            image.draft(image.mode if image.mode in ("L", "RGB", "CMYK") else "RGB", (draft_size, draft_size))
+    cost, budget = decode_cost(image), decode_budget(max_pixels)
+    if cost > budget:
+        width, height = image.size
+        raise ImageDecodeError(
+            f"{source}: a {width}x{height} {image.format} image in mode {image.mode} needs about "
+            f"{cost / 1e6:.3g} MB to decode; at most {budget / 1e6:.3g} MB per image allowed "
+            f"(about {budget * width * height // cost} pixels in this mode, {max_pixels} in RGB)",
+            status=413,
+            reason="over_memory_budget",
+        )
+    return image
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    source: str = "input",
+    draft_size: int | None = None,
+    reserve: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB image.
+
+    Any mode becomes RGB (transparency is composited on white, 16-bit is scaled
+    down, CMYK is converted); EXIF orientation is applied; animated and multi-page
+    images give their first frame only (the others are never decoded). With
+    ``draft_size`` a JPEG is decoded at the largest DCT reduction (1/2, 1/4, 1/8) that
+    keeps both sides >= ``draft_size`` (:attr:`PreprocessSpec.draft_size`); the pixel
+    limit applies to the full size.
+
+    Only the :data:`ALLOWED_FORMATS` decoders are ever tried (training, prediction and
+    serving all come here, so they accept the same files), and only after the header
+    checks of :func:`open_image`, memory included. ``reserve(nbytes)``, when given, is
+    entered around the decoding with its estimated peak (:func:`decode_cost`): the
+    handler uses it to bound a whole batch decoding in parallel.
+
+    Raises:
+        ImageDecodeError: empty or undecodable data, truncated JPEGs (400), a format
+            outside the allow-list (415, naming it when its leading bytes are known), more
+            than ``max_pixels`` pixels or more than the memory budget (413), or a side
+            shorter than 8 pixels (400). ``source`` names the input in the message.
+    """
+    image = open_image(data, max_pixels=max_pixels, source=source, draft_size=draft_size)
+    with reserve(decode_cost(image)) if reserve is not None else nullcontext():
+        try:
+            image.load()
+        except Exception as exc:  # PIL raises many types for corrupt data
+            raise _decode_error(exc, data, source, max_pixels) from None
+        try:
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+        except Exception:  # a broken EXIF block must not reject an otherwise fine photo
+            pass
+        # One step at a time, so each intermediate is freed before the next is made.
+        image = to_8bit(image)
+        return flatten_to_rgb(image)
 
 
 CONVERT_CHUNK_PIXELS = 1 << 20  # float64 scratch of a 16-bit or float conversion: 8 MB at a time
 
 
-def _to_uint8(array: np.ndarray, divisor: float, scale: float, offset: float) -> np.ndarray:
-    """``uint8(clip(array / divisor * scale + offset, 0, 255))`` computed in float64 a few rows at a
-    time, so a 16-bit or float image never gets a whole-image float64 copy (8 bytes per
-    pixel, several times over); same values as the whole-array formula."""
-    out = np.empty(array.shape, dtype=np.uint8)
-    rows = max(1, CONVERT_CHUNK_PIXELS // max(1, array.shape[1] if array.ndim > 1 else 1))
-    for start in range(0, array.shape[0], rows):
-        chunk = array[start : start + rows].astype(np.float64)
+def _to_uint8(image: Image.Image, divisor: float, scale: float, offset: float) -> np.ndarray:
+    """``uint8(clip(pixels / divisor * scale + offset, 0, 255))`` of a one-band image,
+    computed in float64 a band of rows at a time (rows are cropped out of the image, so
+    neither a whole-image array copy nor a whole-image float64 buffer is ever made)."""
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, CONVERT_CHUNK_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        chunk = np.asarray(image.crop((0, top, width, bottom))).astype(np.float64)
         chunk /= divisor  # in place: one scratch buffer, the same arithmetic as the formula
         chunk *= scale
         chunk += offset
         np.clip(chunk, 0, 255, out=chunk)
-        out[start : start + rows] = chunk  # truncates like astype(np.uint8)
+        out[top:bottom] = chunk  # truncates like astype(np.uint8)
     return out
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparent pixels become white.
+def to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer or float images to 8-bit grey ("L"); other modes as they are.
 
-    16-bit and 32-bit integer images scale their range (65535, or 255 when an ``I`` image
-    stays within it) to 0-255 with rounding; float images scale 0-1 (or 0-255) with
-    truncation. Both are computed in bounded chunks (:func:`_to_uint8`).
+    Integer images scale their range (65535, or 255 when an ``I`` image stays within it) to
+    0-255 with rounding; float images scale 0-1 (or 0-255) with truncation.
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(_to_uint8(array, peak, 255.0, 0.5), "L")
-    elif image.mode == "F":
-        array = np.asarray(image)
-        image = Image.fromarray(_to_uint8(array, 1.0, 255.0 if array.max() <= 1.0 else 1.0, 0.0), "L")
-    if image.mode == "P" and "transparency" in image.info:
+    if image.mode not in _WIDE_MODES:
+        return image
+    _low, high = image.getextrema()
+    if image.mode == "F":
+        return Image.fromarray(_to_uint8(image, 1.0, 255.0 if high <= 1.0 else 1.0, 0.0), "L")
+    peak = 65535.0 if image.mode.startswith("I;16") or high > 255 else 255.0
+    return Image.fromarray(_to_uint8(image, peak, 255.0, 0.5), "L")
+
+
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit image of any mode to RGB; transparent pixels become white.
+
+    Alpha is flattened by pasting onto a white RGB canvas through the alpha band: the same
+    values as compositing over opaque white, with one image-sized buffer instead of three.
+    """
+    if (image.mode == "P" and "transparency" in image.info) or image.mode in ("PA", "RGBa", "La"):
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("RGBA", "LA"):
+        canvas = Image.new("RGB", image.size, (255, 255, 255))
+        canvas.paste(image, mask=image)
+        return canvas
     if image.mode != "RGB":
         return image.convert("RGB")
     return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (:func:`to_8bit`, then :func:`flatten_to_rgb`)."""
+    return flatten_to_rgb(to_8bit(image))
 
 
 def load_image_file(

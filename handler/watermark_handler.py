@@ -22,7 +22,7 @@ Response per good image (JSON, HTTP 200)::
     {"watermark": true, "probability": 0.912345, "threshold": 0.37,
      "model": "watermark", "version": "1.0"}
 
-Response per bad image (HTTP 400 or 413 for that request only; the HTTP reason phrase is
+Response per bad image (HTTP 400, 413 or 415 for that request only; the HTTP reason phrase is
 a one-line ASCII copy of the message)::
 
     {"error": "request body: not a decodable image (...); allowed are JPEG, PNG, ...",
@@ -38,8 +38,8 @@ on the metrics port, with a Hostname label added by the frontend)::
     watermark_verdicts_total{ModelName, ModelVersion, Level="Model", Verdict="watermark"|"clean"}
     watermark_rejected_inputs_total{ModelName, ModelVersion, Level="Model", Reason=...}
 
-Reasons: empty, undecodable, unsupported_format, too_small, too_many_pixels, unreadable
-(preprocess.REJECT_REASONS) and the
+Reasons: empty, undecodable, unsupported_format, too_small, too_many_pixels, over_memory_budget,
+unreadable (preprocess.REJECT_REASONS) and the
 handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error.
 
 Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default) or
@@ -69,9 +69,13 @@ from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 if __package__:  # imported as handler.watermark_handler (repository, tests)
-    from .preprocess import SPEC_FILE, ImageDecodeError, PreprocessSpec, decode_image, image_to_tensor, sigmoid
+    from .preprocess import (
+        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, decode_budget, decode_image, image_to_tensor, sigmoid,
+    )
 else:  # imported flat from the unpacked .mar model directory
-    from preprocess import SPEC_FILE, ImageDecodeError, PreprocessSpec, decode_image, image_to_tensor, sigmoid
+    from preprocess import (
+        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, decode_budget, decode_image, image_to_tensor, sigmoid,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +84,9 @@ MODEL_INFO_FILE = "model_info.json"
 # Field names tried, in order, for the image bytes of one request.
 BODY_KEYS = ("data", "body", "file", "image")
 # Settings accepted under ``handler:`` in the archive's model-config.yaml.
-HANDLER_SETTINGS = {"max_pixels", "profile", "threads", "cuda_half"}
+HANDLER_SETTINGS = {"max_pixels", "decode_memory_mb", "profile", "threads", "cuda_half"}
+# Images of one batch decoding in parallel hold at most this many per-image budgets at once.
+DEFAULT_DECODES_AT_ONCE = 2
 MODEL_FORMATS = {".pt": "torchscript", ".onnx": "onnx"}
 REASON_MAX_CHARS = 200
 # How error messages name the input (the client sees only its own request).
@@ -273,6 +279,7 @@ class WatermarkHandler(BaseHandler):
         self.threads = 1
         self.cuda_half = False
         self._pool: Any = None
+        self.decode_memory: DecodeBudget | None = None
 
     # ------------------------------------------------------------------ loading
     def initialize(self, context) -> None:
@@ -330,12 +337,25 @@ class WatermarkHandler(BaseHandler):
         if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 64:
             raise ValueError(f"model-config.yaml handler.max_pixels={max_pixels!r}: must be an integer >= 64")
         self.max_pixels = max_pixels
+        per_image = decode_budget(max_pixels)
+        memory_mb = settings.get("decode_memory_mb")
+        if memory_mb is not None and (
+            isinstance(memory_mb, bool) or not isinstance(memory_mb, int) or memory_mb * 1_000_000 < per_image
+        ):
+            raise ValueError(
+                f"model-config.yaml handler.decode_memory_mb={memory_mb!r}: must be an integer >= "
+                f"{-(-per_image // 1_000_000)} (one image's decode budget, 4 bytes x max_pixels)"
+            )
+        self.decode_memory = DecodeBudget(
+            memory_mb * 1_000_000 if memory_mb is not None else DEFAULT_DECODES_AT_ONCE * per_image
+        )
 
         self._check_model_contract()
         logger.info(
-            "watermark handler ready: model=%s version=%s format=%s device=%s threads=%d image_size=%d threshold=%s max_pixels=%d",
+            "watermark handler ready: model=%s version=%s format=%s device=%s threads=%d image_size=%d threshold=%s "
+            "max_pixels=%d decode_memory=%d MB",
             self.model_name, self.model_version, self.model_format, self.device, self.threads, self.spec.image_size,
-            self.threshold, self.max_pixels,
+            self.threshold, self.max_pixels, self.decode_memory.capacity // 1_000_000,
         )
 
     def _initialize_onnx(self, context, model_path: str) -> None:
@@ -368,7 +388,10 @@ class WatermarkHandler(BaseHandler):
 
     # ---------------------------------------------------------------- per batch
     def _decode(self, body: bytes) -> torch.Tensor:
-        image = decode_image(body, max_pixels=self.max_pixels, source=SOURCE, draft_size=self.spec.draft_size)
+        image = decode_image(
+            body, max_pixels=self.max_pixels, source=SOURCE, draft_size=self.spec.draft_size,
+            reserve=self.decode_memory.reserve,
+        )
         return image_to_tensor(image, self.spec)
 
     @timed
@@ -376,7 +399,9 @@ class WatermarkHandler(BaseHandler):
         """Decode every request; returns the stacked good images plus per-index errors.
 
         Images of a batch decode in parallel on ``threads`` threads (Pillow releases the
-        GIL while decoding and resizing); results keep request order.
+        GIL while decoding and resizing); results keep request order. Each decode first
+        reserves its estimated peak memory from ``decode_memory`` (``handler.decode_memory_mb``,
+        default two images' budgets), so large images of one batch wait for each other.
         """
         tensors, good, errors, tags = [], [], {}, {}
         bodies: dict[int, bytes] = {}
@@ -520,6 +545,7 @@ class WatermarkHandler(BaseHandler):
                 "threshold": self.threshold,
                 "preprocess": self.spec.to_dict() if self.spec else None,
                 "max_pixels": self.max_pixels,
+                "decode_memory_mb": self.decode_memory.capacity // 1_000_000 if self.decode_memory else None,
                 "model_info": self.model_info,
             }
         )

@@ -240,6 +240,23 @@ def test_handler_settings_from_model_yaml_config(export_dir):
 def test_invalid_handler_settings_fail_at_load(export_dir, value):
     with pytest.raises(ValueError, match="max_pixels"):
         make_handler(export_dir, model_yaml_config={"handler": {"max_pixels": value}})
+    with pytest.raises(ValueError, match="decode_memory_mb"):
+        make_handler(export_dir, model_yaml_config={"handler": {"decode_memory_mb": value}})
+    with pytest.raises(ValueError, match="decode_memory_mb=199: must be an integer >= 200"):
+        make_handler(export_dir, model_yaml_config={"handler": {"decode_memory_mb": 199}})  # < one 50 MP image
+
+
+def test_a_batch_of_large_images_decodes_within_the_batch_budget(export_dir):
+    """Threads decode in parallel, but never hold more than decode_memory_mb between them."""
+    config = {"handler": {"threads": 4, "max_pixels": 1_000_000, "decode_memory_mb": 6}}
+    handler, context = make_handler(export_dir, model_yaml_config=config)
+    assert handler.decode_memory.capacity == 6_000_000 and handler.threads == 4
+    bodies = [{"body": sf.png_bytes(1000, 900, seed)} for seed in range(6)]  # 3.6 MB each: one at a time
+    out = run(handler, context, bodies)
+    assert all(set(item) == RESULT_KEYS for item in out)
+    assert 3_600_000 <= handler.decode_memory.peak <= 6_000_000 and handler.decode_memory.in_use == 0
+    default, _ = make_handler(export_dir)
+    assert default.decode_memory.capacity == 2 * 4 * default.max_pixels  # two images at the budget
 
 
 def copy_export(src: Path, dst: Path) -> Path:

@@ -248,6 +248,166 @@ def test_sixteen_bit_conversion_needs_no_whole_image_float_copy() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # numpy's buffers are traced: reading the pixels (16 MB at its peak), the uint8 result
-    # (4 MB) and 8 MB of float64 scratch; the whole-image float64 formulas peaked at 92 MB
+    # numpy's buffers are traced: the uint8 result and its copy into Pillow (4 MB each), one
+    # band of rows read out (2 MB) and its float64 scratch (8 MB); the whole-image float64
+    # formulas peaked at 92 MB
     assert peak < 30 * 2**20, peak
+
+
+# --------------------------------------------------------------- memory and time bounds
+
+
+def _budget_case(mode: str, fmt: str, side: int, **kw) -> bytes:
+    fill = {"I;16": 40000, "F": 0.5}.get(mode, 0)  # P: index 0, the transparent one where asked
+    return encode(Image.new(mode, (side, side), fill), fmt, **kw)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "kw", "per_pixel"),
+    [
+        ("RGB", "PNG", {}, 4),
+        ("L", "PNG", {}, 5),
+        ("P", "GIF", {}, 5),
+        ("P", "GIF", {"transparency": 0}, 9),
+        ("I;16", "PNG", {}, 5),
+        ("F", "TIFF", {}, 5),
+        ("RGBA", "PNG", {}, 8),
+        ("LA", "PNG", {}, 8),
+        ("CMYK", "TIFF", {}, 8),
+        ("RGB", "WEBP", {"lossless": True}, 16),
+    ],
+)
+def test_memory_budget_by_mode(mode: str, fmt: str, kw: dict, per_pixel: int) -> None:
+    """The per-image budget (4 bytes x max_pixels) admits fewer pixels for costlier modes."""
+    from handler.preprocess import decode_budget, decode_cost, open_image
+
+    max_pixels = 40_000  # budget 160,000 bytes
+    fits = int((decode_budget(max_pixels) / per_pixel) ** 0.5)
+    image = open_image(_budget_case(mode, fmt, fits, **kw), max_pixels=max_pixels)
+    assert decode_cost(image) == fits * fits * per_pixel <= decode_budget(max_pixels)
+    assert decode_image(_budget_case(mode, fmt, fits, **kw), max_pixels=max_pixels).size == (fits, fits)
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(_budget_case(mode, fmt, fits + 2, **kw), max_pixels=max_pixels, source="big.img")
+    assert err.value.status == 413
+    if per_pixel == 4:  # RGB fits the budget up to the pixel limit, which refuses it first
+        assert err.value.reason == "too_many_pixels"
+        return
+    assert err.value.reason == "over_memory_budget"
+    assert f"big.img: a {fits + 2}x{fits + 2} {fmt} image in mode {mode} needs about" in str(err.value)
+    assert "at most 0.16 MB per image allowed" in str(err.value) and "40000 in RGB" in str(err.value)
+
+
+def test_rotated_images_count_their_transposed_copy() -> None:
+    from handler.preprocess import decode_cost, open_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for fmt in ("JPEG", "PNG"):
+        upright = open_image(encode(Image.new("L", (100, 80)), fmt))
+        turned = open_image(encode(Image.new("L", (100, 80)), fmt, exif=exif.tobytes()))
+        assert decode_cost(upright) == decode_cost(turned) == 100 * 80 * 5  # L: 1 + 1 < 1 + 4
+        rgb = open_image(encode(Image.new("RGB", (100, 80)), fmt, exif=exif.tobytes()))
+        assert decode_cost(rgb) == 100 * 80 * 8  # RGB: the decoded image and its transposed copy
+
+
+def test_measured_peak_stays_within_the_estimate() -> None:
+    """Decoding at the budget, in a fresh process: the real peak is the estimate plus small change."""
+    from scripts.bench_inputs import measure_local
+
+    spec = PreprocessSpec(image_size=299, max_pixels=6_000_000)  # budget 24 MB
+    cases = {
+        "RGBA PNG": _budget_case("RGBA", "PNG", 1700),
+        "16-bit PNG": _budget_case("I;16", "PNG", 2150),
+        "transparent GIF": _budget_case("P", "GIF", 1600, transparency=0),
+        "WebP": _budget_case("RGB", "WEBP", 1200, lossless=True),
+    }
+    for name, data in cases.items():
+        row = measure_local(data, spec)
+        assert row["answer"] == "ok", (name, row)
+        assert row["estimate"] > 20e6, (name, row)  # sized near the budget, well above the noise
+        assert row["peak"] <= 1.15 * row["estimate"] + 12e6, (name, row)
+
+
+def test_alpha_is_flattened_like_compositing_over_white() -> None:
+    from handler.preprocess import flatten_to_rgb
+
+    values, alphas = np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8))
+    rgba = Image.fromarray(np.stack([values, 255 - values, values // 2, alphas], -1), "RGBA")
+    for image in (rgba, rgba.convert("LA"), rgba.convert("RGBa")):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        reference = np.asarray(Image.alpha_composite(white, image.convert("RGBA")).convert("RGB"))
+        assert np.array_equal(np.asarray(flatten_to_rgb(image)), reference), image.mode
+
+
+def test_truncated_jpeg_claiming_a_large_size_is_refused() -> None:
+    from scripts.bench_inputs import jpeg_claiming
+
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(jpeg_claiming(7000, 7000), source="bomb.jpg")
+    assert err.value.status == 400 and err.value.reason == "undecodable"
+    assert "bomb.jpg: truncated JPEG: a 7000x7000 JPEG has at least 95703 bytes" in str(err.value)
+    # the bound holds for real encodings of flat images, baseline and progressive
+    for kw in ({}, {"progressive": True}, {"quality": 5, "optimize": True}, {"progressive": True, "quality": 5}):
+        flat = encode(Image.new("L", (4000, 3000), 255), "JPEG", **kw)
+        assert decode_image(flat, draft_size=598).size == (1000, 750), kw
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF"])
+def test_header_floods_are_refused_before_pillow_parses_them(fmt: str) -> None:
+    from handler.preprocess import MAX_HEADER_STEPS
+    from scripts.bench_inputs import header_flood
+
+    assert decode_image(header_flood(fmt, 1000)).size == (64, 64)  # a long header is fine
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(header_flood(fmt, MAX_HEADER_STEPS + 10), source="flood")
+    assert err.value.status == 400
+    assert f"flood: {fmt} with more than {MAX_HEADER_STEPS} header markers, chunks or blocks" in str(err.value)
+
+
+def test_run_length_bmp_is_refused() -> None:
+    from scripts.bench_inputs import rle_bmp
+
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(rle_bmp(40, 30), source="rle.bmp")
+    assert err.value.status == 415 and err.value.reason == "unsupported_format"
+    assert "rle.bmp: run-length-compressed BMP images are not accepted" in str(err.value)
+    assert decode_image(encode(Image.new("RGB", (40, 30)), "BMP")).size == (40, 30)
+
+
+def test_only_the_first_frame_or_page_is_decoded() -> None:
+    from scripts.bench_inputs import many_frames
+
+    for fmt in ("GIF", "TIFF"):
+        image = decode_image(many_frames(fmt, 300, 32))
+        assert image.size == (32, 32) and image.getpixel((5, 5))[0] == 0, fmt
+
+
+def test_decode_budget_bounds_parallel_decodes() -> None:
+    """Reservations beyond the capacity wait; a batch never holds more than the capacity."""
+    import threading
+    import time
+
+    from handler.preprocess import DecodeBudget
+
+    budget = DecodeBudget(100)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def work(nbytes: int) -> None:
+        charged = min(nbytes, budget.capacity)  # one image never waits for more than the whole
+        with budget.reserve(nbytes):
+            with lock:
+                inside[0] += charged
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= charged
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (60, 60, 30, 30, 500, 10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert most[0] <= 100 and budget.peak <= 100 and budget.in_use == 0
+    with pytest.raises(ValueError, match="capacity"):
+        DecodeBudget(0)

@@ -8,10 +8,16 @@ concurrent batch as bad ones still get their verdicts, and the worker survives (
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import requests
+from PIL import Image
 
 from tests import serving_fixtures as sf
+from scripts import bench_inputs as bi
 from tests.ts_server import TIMEOUT, concurrent_puts, create_mar, metric_by, needs_server, put_image, serve
 
 pytestmark = [pytest.mark.integration, needs_server]
@@ -22,6 +28,27 @@ THRESHOLD = 0.478
 LIMIT = 20 * 1024 * 1024  # max_request_size in config.properties
 VERDICT = "verdict"
 ALLOWED_FORMATS = "allowed are JPEG, PNG, WebP, GIF, BMP and TIFF"
+
+
+BUDGET = "at most 200 MB per image allowed"
+
+
+def big(mode: str, fmt: str, side: int = 7000, **kw) -> Callable[[], bytes]:
+    """A flat ``side`` x ``side`` image in ``mode`` (built on first use: tiny files, large pixels)."""
+    fill = {"I;16": 40000, "F": 0.5}.get(mode, 0)
+    return lambda: bi.encode(Image.new(mode, (side, side), fill), fmt, **kw)
+
+
+def at_budget_rgba() -> bytes:
+    """The largest RGBA PNG the 200 MB per-image budget admits (8 bytes a pixel): 4,974 x 4,974."""
+    return bi.encode(Image.fromarray(bi.texture(4974, 4974, 4), "RGBA"), "PNG")
+
+
+def fits_bytes() -> bytes:
+    """The header of a FITS file claiming 7000 x 7000 (Pillow would decode it in Python)."""
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    2",
+             "NAXIS1  =                 7000", "NAXIS2  =                 7000", "END"]
+    return "".join(card.ljust(80) for card in cards).ljust(2880).encode("ascii") + b"\0" * 4096
 
 
 def over_limit_body() -> bytes:
@@ -54,7 +81,34 @@ CASES = {
     "ico": (sf.other_format_bytes("ICO"), 415, "unsupported_format", ["ICO images are not accepted", ALLOWED_FORMATS]),
     "eps": (sf.other_format_bytes("EPS"), 415, "unsupported_format", ["PostScript/EPS images are not accepted", ALLOWED_FORMATS]),
     "tga": (sf.other_format_bytes("TGA"), 400, "undecodable", ["not a decodable image (unrecognised format)", ALLOWED_FORMATS]),
+    "fits_7000x7000": (fits_bytes(), 415, "unsupported_format", ["FITS images are not accepted", ALLOWED_FORMATS]),
+    "rle_bmp": (bi.rle_bmp(400, 300), 415, "unsupported_format", ["run-length-compressed BMP images are not accepted"]),
+    # tiny files whose pixels would not fit the per-image memory budget: refused before decoding
+    "gif_7000x7000_screen": (
+        big("P", "GIF", transparency=0), 413, "over_memory_budget",
+        ["a 7000x7000 GIF image in mode P needs about 441 MB to decode", BUDGET],
+    ),
+    "webp_7000x7000": (
+        big("RGBA", "WEBP", lossless=True), 413, "over_memory_budget", ["7000x7000 WEBP image in mode RGBA", BUDGET]
+    ),
+    "png16_7000x7000": (big("I;16", "PNG"), 413, "over_memory_budget", ["7000x7000 PNG image in mode I;16", BUDGET]),
+    "float_tiff_7000x7000": (
+        big("F", "TIFF", compression="tiff_deflate"), 413, "over_memory_budget", ["7000x7000 TIFF image in mode F", BUDGET]
+    ),
+    "rgba_png_at_the_budget": (at_budget_rgba, VERDICT, None, []),
+    "jpeg_claiming_7000x7000": (
+        bi.jpeg_claiming(7000, 7000), 400, "undecodable", ["truncated JPEG: a 7000x7000 JPEG has at least 95703 bytes"]
+    ),
+    "jpeg_marker_flood": (bi.header_flood("JPEG", 60_000), 400, "undecodable", ["JPEG with more than 50000 header"]),
+    "png_chunk_flood": (bi.header_flood("PNG", 60_000), 400, "undecodable", ["PNG with more than 50000 header"]),
 }
+
+
+@functools.cache
+def body(name: str) -> bytes:
+    """The request body of a case (the large ones are built once, on first use)."""
+    data = CASES[name][0]
+    return data() if callable(data) else data
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +150,11 @@ def assert_error(resp: requests.Response, status: int, fragments: list[str]) -> 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_kind_alone(server, name):
-    body, status, _reason, fragments = CASES[name]
-    resp = put_image(server, body, headers={**server.auth(), "X-Request-Tag": f"alone-{name}"})
+    _body, status, _reason, fragments = CASES[name]
+    resp = put_image(server, body(name), headers={**server.auth(), "X-Request-Tag": f"alone-{name}"})
     assert resp.headers.get("X-Request-Tag") == f"alone-{name}"
     if status == VERDICT:
-        assert_verdict(resp, expected(server, body))
+        assert_verdict(resp, expected(server, body(name)))
     else:
         assert_error(resp, status, fragments)
 
@@ -174,7 +228,7 @@ def test_all_kinds_in_one_concurrent_batch(server):
     """Bad and good bodies at once: each its own answer, tags match, worker survives."""
     pid_before = server.worker_pids()
     names = [n for n in CASES] + ["jpeg_a", "jpeg_b", "png", "over_limit"]
-    bodies = [CASES[n][0] for n in CASES] + [sf.jpeg_bytes(seed=41), sf.jpeg_bytes(seed=42), sf.png_bytes(seed=43),
+    bodies = [body(n) for n in CASES] + [sf.jpeg_bytes(seed=41), sf.jpeg_bytes(seed=42), sf.png_bytes(seed=43),
                                               over_limit_body()]
     statuses = [CASES[n][1] for n in CASES] + [VERDICT, VERDICT, VERDICT, 413]
     probabilities = {i: expected(server, body) for i, (body, st) in enumerate(zip(bodies, statuses)) if st == VERDICT}
@@ -189,6 +243,11 @@ def test_all_kinds_in_one_concurrent_batch(server):
                 assert_verdict(resp, probabilities[i])
             else:
                 assert resp.status_code == statuses[i], (names[i], resp.text)
+        # no input stalls the worker: the good photos of the round come back in seconds (a
+        # 7000 x 7000 FITS once held it 16.5 s; every case here is refused before decoding
+        # or fits the budget)
+        slowest = max(r.elapsed.total_seconds() for r, n in zip(responses, names) if n in ("jpeg_a", "jpeg_b", "png"))
+        assert slowest < 10, slowest
         mixed = [(n, rejected) for n, rejected in server.batch_sizes()[before:] if n > 1 and 0 < rejected < n]
         if mixed:
             break
@@ -230,3 +289,29 @@ def test_custom_metrics_count_verdicts_and_rejections(server):
         assert verdicts_after.get(key, 0) - verdicts_before.get(key, 0) == count, (key, verdicts_after)
     for reason, bodies in {**bads, "bad_request_tag": [b"x"]}.items():
         assert rejected_after.get(reason, 0) - rejected_before.get(reason, 0) == len(bodies), (reason, rejected_after)
+
+
+def _worker_memory(pid: int, field: str) -> int:
+    return bi.rss_kb(pid, field) * 1024
+
+
+def test_worker_peak_memory_stays_within_the_decode_budget(server):
+    """Four images at the per-image budget at once: the worker's peak grows by at most the
+    batch's decode memory (two images' budgets) plus the batch tensors; four over-budget
+    ones cost nothing. Peak RSS is reset through /proc/<pid>/clear_refs (Linux)."""
+    (pid,) = server.worker_pids()
+    if not Path(f"/proc/{pid}/clear_refs").exists():
+        pytest.skip("needs Linux /proc/<pid>/clear_refs")
+    refused = [body("png16_7000x7000"), body("gif_7000x7000_screen"), body("webp_7000x7000"), body("float_tiff_7000x7000")]
+    base = _worker_memory(pid, "VmRSS")
+    bi.reset_peak(pid)
+    assert [r.status_code for r in concurrent_puts(server, refused)] == [413] * 4
+    assert _worker_memory(pid, "VmHWM") - base < 30e6
+
+    allowed = [body("rgba_png_at_the_budget")] * 4
+    base = _worker_memory(pid, "VmRSS")
+    bi.reset_peak(pid)
+    assert [r.status_code for r in concurrent_puts(server, allowed)] == [200] * 4
+    grew = _worker_memory(pid, "VmHWM") - base
+    assert grew < 2 * 200e6 + 60e6, grew / 1e6
+    assert server.worker_pids() == [pid]
