@@ -5,9 +5,11 @@
 #   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-cpu -t watermark-serve:cpu .
 # Run:
 #   docker run --rm --gpus all -p 127.0.0.1:8080-8082:8080-8082 --name wm watermark-serve
-# Key (token authorisation stays ON; keys change on every container start):
+# Key (token authorisation stays ON; keys change on every container start and are renewed
+# before they expire by scripts/keykeeper.py, which also answers keyless probes on :8083):
 #   docker exec wm cat /home/model-server/key_file.json      # "inference" -> "key"
 #   curl -H "Authorization: Bearer <key>" -T photo.jpg http://127.0.0.1:8080/predictions/watermark
+#   curl http://127.0.0.1:8083/ready                          # liveness: /live
 ARG BASE_IMAGE=pytorch/torchserve:0.12.0-gpu
 FROM ${BASE_IMAGE}
 
@@ -21,6 +23,8 @@ COPY --chown=model-server:model-server config.properties /home/model-server/conf
 # metrics.yaml: metrics_config=metrics.yaml (relative to the working directory below).
 COPY --chown=model-server:model-server metrics.yaml /home/model-server/metrics.yaml
 COPY --chown=model-server:model-server model_store/watermark.mar /home/model-server/model-store/watermark.mar
+# The key keeper (standard library only) and the module it reads config.properties with.
+COPY --chown=model-server:model-server scripts/keykeeper.py scripts/models.py /home/model-server/scripts/
 
 # Container-only config changes, everything else stays as in the repo's config.properties:
 # - inside a container 127.0.0.1 is unreachable through -p port mappings, so the three HTTP
@@ -49,15 +53,16 @@ RUN sed -i \
 RUN pip install --no-cache-dir onnxruntime==1.31.1
 ENV OMP_WAIT_POLICY=PASSIVE
 
-EXPOSE 8080 8081 8082
+EXPOSE 8080 8081 8082 8083
 
-# /ping needs the inference key too (TorchServe 0.12 guards every inference-port route).
+# The key keeper's keyless probe (TorchServe's /ping needs the inference key, which expires).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
-    CMD ["python3", "-c", "import json, urllib.request as r; k = json.load(open('/home/model-server/key_file.json'))['inference']['key']; r.urlopen(r.Request('http://127.0.0.1:8080/ping', headers={'Authorization': 'Bearer ' + k}), timeout=8)"]
+    CMD ["python3", "-c", "import urllib.request as r; r.urlopen('http://127.0.0.1:8083/ready', timeout=8)"]
 
 # Own entrypoint instead of the base image's `serve` (which passes its own flags): TorchServe
 # runs in the foreground from /home/model-server, so key_file.json is written there, with
 # token authorisation on and the model API limited to the model store (allowed_urls=^$) as
-# config.properties says. On docker stop
-# (SIGTERM) the trap runs `torchserve --stop` so Java and its Python workers exit cleanly.
-ENTRYPOINT ["/bin/bash", "-c", "cd /home/model-server || exit 1; torchserve --start --foreground --ts-config /home/model-server/config.properties & pid=$!; trap 'torchserve --stop; wait $pid' TERM INT; wait $pid"]
+# config.properties says; the key keeper runs beside it (probes on 0.0.0.0:8083). On docker
+# stop (SIGTERM) the trap runs `torchserve --stop` so Java and its Python workers exit
+# cleanly; the keeper exits when key_file.json goes away.
+ENTRYPOINT ["/bin/bash", "-c", "cd /home/model-server || exit 1; torchserve --start --foreground --ts-config /home/model-server/config.properties & pid=$!; python3 scripts/keykeeper.py --config config.properties --key-file key_file.json --listen 0.0.0.0:8083 & trap 'torchserve --stop; wait $pid' TERM INT; wait $pid"]

@@ -16,8 +16,8 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -483,14 +483,9 @@ def open_image(
 
 
 def decode_image(
-    data: bytes,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    source: str = "input",
-    draft_size: int | None = None,
-    reserve: Callable[[int], AbstractContextManager[Any]] | None = None,
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str = "input", draft_size: int | None = None
 ) -> Image.Image:
-    """Decode bytes into an upright 8-bit RGB image.
+    """Decode bytes into an upright 8-bit RGB image: :func:`open_image`, then :func:`load_rgb`.
 
     Any mode becomes RGB (transparency is composited on white, 16-bit is scaled
     down, CMYK is converted); EXIF orientation is applied; animated and multi-page
@@ -501,9 +496,7 @@ def decode_image(
 
     Only the :data:`ALLOWED_FORMATS` decoders are ever tried (training, prediction and
     serving all come here, so they accept the same files), and only after the header
-    checks of :func:`open_image`, memory included. ``reserve(nbytes)``, when given, is
-    entered around the decoding with its estimated peak (:func:`decode_cost`): the
-    handler uses it to bound a whole batch decoding in parallel.
+    checks of :func:`open_image`, memory included.
 
     Raises:
         ImageDecodeError: empty or undecodable data, truncated JPEGs (400), a format
@@ -511,19 +504,26 @@ def decode_image(
             than ``max_pixels`` pixels or more than the memory budget (413), or a side
             shorter than 8 pixels (400). ``source`` names the input in the message.
     """
-    image = open_image(data, max_pixels=max_pixels, source=source, draft_size=draft_size)
-    with reserve(decode_cost(image)) if reserve is not None else nullcontext():
-        try:
-            image.load()
-        except Exception as exc:  # PIL raises many types for corrupt data
-            raise _decode_error(exc, data, source, max_pixels) from None
-        try:
-            ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
-        except Exception:  # a broken EXIF block must not reject an otherwise fine photo
-            pass
-        # One step at a time, so each intermediate is freed before the next is made.
-        image = to_8bit(image)
-        return flatten_to_rgb(image)
+    # no local name for the opened image: load_rgb holds the only reference and can free it
+    return load_rgb(open_image(data, max_pixels=max_pixels, source=source, draft_size=draft_size), data,
+                    source=source, max_pixels=max_pixels)
+
+
+def load_rgb(image: Image.Image, data: bytes, *, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode the pixels of an image from :func:`open_image` (``data``: its bytes, to name a
+    format in errors) and make it upright 8-bit RGB, one step at a time so that each
+    intermediate is freed before the next is made (peak: :func:`decode_cost`). Pass the
+    only reference to ``image``: one the caller keeps stays in memory until the end."""
+    try:
+        image.load()
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise _decode_error(exc, data, source, max_pixels) from None
+    try:
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to turn
+    except Exception:  # a broken EXIF block must not reject an otherwise fine photo
+        pass
+    image = to_8bit(image)
+    return flatten_to_rgb(image)
 
 
 CONVERT_CHUNK_PIXELS = 1 << 20  # float64 scratch of a 16-bit or float conversion: 8 MB at a time

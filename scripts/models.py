@@ -48,6 +48,10 @@ class CliError(Exception):
     """A problem to report in one line (exit status 1)."""
 
 
+class KeyRefused(CliError):
+    """TorchServe answered InvalidKeyException (expired, renewed or from another start)."""
+
+
 # ------------------------------------------------------------------ config, key, state
 def load_properties(path: Path) -> dict[str, str]:
     """Java .properties subset: key=value, '#' comments, backslash line continuation."""
@@ -100,7 +104,10 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 # -------------------------------------------------------------------- the API client
 class Management:
-    def __init__(self, url: str, key: str, timeout: float) -> None:
+    """The management API of a local TorchServe. With ``key_file``, a key refused as invalid is
+    read again from that file once (scripts/keykeeper.py renews keys before they expire)."""
+
+    def __init__(self, url: str, key: str, timeout: float, key_file: Path | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise CliError(f"management URL {url!r}: expected http://127.0.0.1:PORT")
@@ -111,12 +118,23 @@ class Management:
             )
         self.url = url.rstrip("/")
         self.key = key
+        self.key_file = key_file
         self.timeout = timeout
         # Loopback only, and never through a proxy: http_proxy/https_proxy in the
         # environment would otherwise receive the management key.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def call(self, method: str, path: str, query: dict[str, Any] | None = None, timeout: float | None = None):
+        try:
+            return self._call(method, path, query, timeout)
+        except KeyRefused:
+            renewed = read_key(self.key_file) if self.key_file is not None else self.key
+            if renewed == self.key:
+                raise
+            self.key = renewed  # renewed since we read it: once more with the new key
+            return self._call(method, path, query, timeout)
+
+    def _call(self, method: str, path: str, query: dict[str, Any] | None, timeout: float | None):
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {self.key}"})
         try:
@@ -131,9 +149,9 @@ class Management:
             except (ValueError, AttributeError):
                 err, detail = {}, raw.decode(errors="replace").strip() or exc.reason
             if isinstance(err, dict) and err.get("type") == "InvalidKeyException":
-                raise CliError(
+                raise KeyRefused(
                     f"TorchServe refused the management key ({detail}); key_file.json changes at every start and "
-                    "expires after token_expiration_min: pass the --key-file of the running server"
+                    "when scripts/keykeeper.py renews the keys: pass the --key-file of the running server"
                 ) from None
             raise ApiError(exc.code, detail) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -468,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             store = Path(props.get("model_store") or "model_store")
             args.model_store = store if store.is_absolute() else REPO_ROOT / store
         args.state_file = args.state_file or REPO_ROOT / "logs" / "model_versions.json"
-        key = read_key(args.key_file or REPO_ROOT / "key_file.json")
-        api = Management(url, key, args.timeout)
+        key_file = args.key_file or REPO_ROOT / "key_file.json"
+        api = Management(url, read_key(key_file), args.timeout, key_file=key_file)
         return args.func(api, args, load_state(args.state_file))
     except CliError as exc:
         print(f"{PROG}: error: {args.command}: {exc}", file=sys.stderr)

@@ -216,6 +216,29 @@ def test_body_over_the_size_limit_is_refused_before_the_handler(server):
     assert put_image(server, sf.jpeg_bytes()).status_code == 200
 
 
+def test_data_binary_without_a_content_type(server):
+    """curl --data-binary @photo.jpg labels the photo a URL-encoded form. TorchServe's form
+    decoder answers 500 itself when the bytes are not valid form encoding (a real JPEG), its
+    message cut short; bytes it can split into fields reach the handler: 400 naming the fix."""
+    form = {"Content-Type": "application/x-www-form-urlencoded", **server.auth()}
+    photo = sf.jpeg_bytes(400, 300)
+    frontend = requests.post(server.predict_url, data=photo, headers=form, timeout=TIMEOUT)
+    assert frontend.status_code == 500 and frontend.json()["type"] == "ErrorDataDecoderException"
+    assert len(frontend.content) < 2048
+    parsed = requests.post(server.predict_url, data=b"A" * 100_000, headers=form, timeout=TIMEOUT)
+    assert parsed.status_code == 400, parsed.text
+    assert "sent as URL-encoded form fields" in parsed.json()["error"] and "curl -T photo.jpg" in parsed.json()["error"]
+    labelled = requests.post(
+        server.predict_url, data=photo, headers={"Content-Type": "image/jpeg", **server.auth()}, timeout=TIMEOUT
+    )
+    assert labelled.status_code == 200 and labelled.json() == put_image(server, photo).json()
+
+
+def test_frontend_heap_is_limited_as_configured(server):
+    """config.properties' vmargs reach the JVM (TorchServe prints the heap it got)."""
+    assert "Max heap size: 1536 M" in (server.run_dir / "logs" / "ts_log.log").read_text(errors="replace")
+
+
 def test_malformed_request_tag_is_a_clear_400(server):
     resp = put_image(server, sf.jpeg_bytes(), headers={**server.auth(), "X-Request-Tag": "two words"})
     assert resp.status_code == 400
