@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo train-real tune bench bench-quality test test-fast lint serve stop key clean
+.PHONY: venv demo train-real tune bench bench-inputs bench-quality test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -22,6 +22,9 @@ tune: venv  ## 20-trial Optuna study on the demo dataset (built if missing); see
 
 bench: venv  ## inference benchmark: raw backends, preprocessing, TorchServe end to end -> bench/results.md
 	$(PY) scripts/bench.py --out bench/results.md
+
+bench-inputs: venv  ## worst-case inputs: decode memory and time per image, also against the running server (make serve first)
+	$(PY) scripts/bench_inputs.py --served --out bench/inputs.md
 
 bench-quality: venv  ## train on the demo split, evaluate on test / held-out styles / hard negatives
 	@scripts/setup_fonts.sh

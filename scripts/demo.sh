@@ -35,7 +35,7 @@ scripts/create_mar.sh --export-dir "$OUT/export" --version 1.0 --force
 stamp "4/5 starting TorchServe on 127.0.0.1 (token auth on)"
 scripts/serve.sh stop >/dev/null 2>&1 || true
 scripts/serve.sh start
-KEY=$(scripts/serve.sh key inference)
+KEY=$(scripts/serve.sh key inference)  # handed to curl on stdin below, never as an argument
 
 stamp "5/5 sending the held-out demo test images with curl -T"
 responses=$(mktemp)
@@ -43,7 +43,8 @@ trap 'rm -f "$responses"' EXIT
 export KEY
 # 8 clients at once, so TorchServe forms batches (batchSize 8 in config.properties).
 find "$DATA/test" -name '*.jpg' -print0 | sort -z | xargs -0 -P 8 -I{} bash -c '
-  body=$(curl -sS --noproxy "*" --max-time 60 -H "Authorization: Bearer $KEY" -T "$1" http://127.0.0.1:8080/predictions/watermark \
+  body=$(printf "Authorization: Bearer %s\n" "$KEY" \
+         | curl -sS --noproxy "*" --max-time 60 -H @- -T "$1" http://127.0.0.1:8080/predictions/watermark \
          || echo "{\"error\": \"curl failed\"}")
   printf "%s\t%s\n" "$(basename "$1")" "$(echo "$body" | tr -d "\n")"' _ {} >> "$responses"
 sort -o "$responses" "$responses"
@@ -79,6 +80,6 @@ print(f"last response: {body}")
 PYEOF
 
 stamp "done. TorchServe is still running:"
-echo "  curl -H \"Authorization: Bearer \$(scripts/serve.sh key)\" -T $DATA/test/$(ls "$DATA/test" | head -n 1) http://127.0.0.1:8080/predictions/watermark"
+echo "  scripts/serve.sh header | curl -H @- -T $DATA/test/$(ls "$DATA/test" | head -n 1) http://127.0.0.1:8080/predictions/watermark"
 echo "  stop it with: make stop   (or scripts/serve.sh stop)"
 echo "  MLflow runs:  .venv/bin/mlflow ui --backend-store-uri sqlite:///$OUT/mlflow/mlflow.db --port 5000"
