@@ -117,7 +117,7 @@ def release_freed_memory() -> None:
 
     glibc keeps freed blocks in per-thread arenas, so after a few large images decoded on
     different threads the worker's RSS held several images' worth of free memory, and a
-    batch of at-budget images peaked 140 MB above its decode budget (measured). Trimming
+    batch of at-budget images peaked ~150 MB above its decode budget (measured). Trimming
     only after large decodes leaves the model's own allocations on the fast path (forcing
     every large allocation through mmap instead cost 25 % of the served throughput).
     """

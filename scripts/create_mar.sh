@@ -31,6 +31,7 @@ BATCH_SIZE=8
 MAX_BATCH_DELAY=50
 RESPONSE_TIMEOUT=120
 MAX_PIXELS=""
+DECODE_MEMORY_MB=""
 ARCHIVE_NAME=""
 VERSIONED=0
 FROM_REGISTRY=""
@@ -74,6 +75,9 @@ Options:
   --response-timeout S    seconds before a worker is considered stuck (default: 120)
   --max-pixels N          handler.max_pixels (decompression-bomb guard);
                           default: unset, the handler uses preprocess.json's max_pixels
+  --decode-memory-mb N    handler.decode_memory_mb: memory the images of one batch may
+                          hold while they decode (default: unset, two images' budgets
+                          of 4 bytes x max_pixels, 400 MB at 50 MP)
   -h, --help              show this help
 
 Relative paths are taken from the current directory. The export folder is produced by
@@ -106,6 +110,7 @@ while [[ $# -gt 0 ]]; do
         --max-batch-delay) need_value "$@"; MAX_BATCH_DELAY="$2"; shift 2 ;;
         --response-timeout) need_value "$@"; RESPONSE_TIMEOUT="$2"; shift 2 ;;
         --max-pixels) need_value "$@"; MAX_PIXELS="$2"; shift 2 ;;
+        --decode-memory-mb) need_value "$@"; DECODE_MEMORY_MB="$2"; shift 2 ;;
         --archive-name) need_value "$@"; ARCHIVE_NAME="$2"; shift 2 ;;
         --versioned) VERSIONED=1; shift ;;
         --force) FORCE=1; shift ;;
@@ -180,6 +185,10 @@ if [[ -n "$MAX_PIXELS" ]]; then
     [[ "$MAX_PIXELS" =~ ^[1-9][0-9]{1,10}$ && "$MAX_PIXELS" -ge 64 ]] \
         || die "invalid --max-pixels '$MAX_PIXELS': must be an integer >= 64"
 fi
+if [[ -n "$DECODE_MEMORY_MB" ]]; then
+    [[ "$DECODE_MEMORY_MB" =~ ^[1-9][0-9]{0,6}$ ]] \
+        || die "invalid --decode-memory-mb '$DECODE_MEMORY_MB': must be a whole number of MB >= 1 (the handler also needs >= one image's budget)"
+fi
 
 HOW_TO_EXPORT="produce it with 'make demo' or 'python -m train export' (or pass --export-dir)"
 [[ -d "$EXPORT_DIR" ]] || die "export folder '$EXPORT_DIR' not found; $HOW_TO_EXPORT"
@@ -247,6 +256,11 @@ CONFIG_FILE="$WORK_DIR/model-config.yaml"
         echo "  max_pixels: $MAX_PIXELS"
     else
         echo "  # max_pixels: unset -> preprocess.json max_pixels"
+    fi
+    if [[ -n "$DECODE_MEMORY_MB" ]]; then
+        echo "  decode_memory_mb: $DECODE_MEMORY_MB"
+    else
+        echo "  # decode_memory_mb: unset -> two images' decode budgets (4 bytes x max_pixels each)"
     fi
 } >"$CONFIG_FILE"
 

@@ -40,7 +40,7 @@ OUT_FILE="$LOG_DIR/torchserve.out"
 KEEPER_PID="$LOG_DIR/keykeeper.pid"
 
 usage() {
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {

@@ -247,14 +247,17 @@ def test_create_mar_validates_inputs_and_never_leaves_partial_archives(tmp_path)
     assert bad_version.returncode != 0 and "invalid --version" in bad_version.stderr
     assert not (store / "watermark.mar").exists()
 
+    bad_memory = create_mar("--export-dir", str(export_dir), "--model-store", str(store), "--decode-memory-mb", "lots")
+    assert bad_memory.returncode != 0 and "invalid --decode-memory-mb 'lots'" in bad_memory.stderr
     ok = create_mar("--export-dir", str(export_dir), "--model-store", str(store), "--version", "2.1",
-                    "--max-pixels", "1000000", "--model-name", "wm")
+                    "--max-pixels", "1000000", "--decode-memory-mb", "12", "--model-name", "wm")
     assert ok.returncode == 0, ok.stderr
     archive = store / "wm.mar"
     first = archive.read_bytes()
     with zipfile.ZipFile(archive) as mar:
         assert json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"] == "2.1"
-        assert yaml.safe_load(mar.read("model-config.yaml"))["handler"]["max_pixels"] == 1000000
+        handler_settings = yaml.safe_load(mar.read("model-config.yaml"))["handler"]
+        assert handler_settings["max_pixels"] == 1000000 and handler_settings["decode_memory_mb"] == 12
 
     again = create_mar("--export-dir", str(export_dir), "--model-store", str(store), "--model-name", "wm")
     assert again.returncode != 0 and "--force" in again.stderr
