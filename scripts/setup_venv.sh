@@ -17,7 +17,7 @@ if [ "$version" != "3.11" ]; then
   echo "warning: Python $version found; the pins are tested on Python 3.11" >&2
 fi
 
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-serve.txt requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "venv up to date: $VENV"
   exit 0
