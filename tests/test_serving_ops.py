@@ -104,6 +104,14 @@ class Traffic(threading.Thread):
     def versions_since(self, t: float) -> list[str]:
         return [body["version"] for when, status, body in self.answers if when >= t and status == 200]
 
+    def versions_after(self, t: float, at_least: int = 3, timeout: float = 20) -> list[str]:
+        """The versions answered since ``t``, once at least ``at_least`` answers have come in
+        (checking right away could find an empty window on a busy machine)."""
+        deadline = time.monotonic() + timeout
+        while len(self.versions_since(t)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.versions_since(t)
+
     def wait_for_version(self, version: str, since: float, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -245,16 +253,14 @@ def test_version_swap_under_traffic_and_rollback(server):
         assert swapped.returncode == 0 and "1.0 -> 2.0" in swapped.stdout, swapped.stderr
         t_swap = time.monotonic()
         traffic.wait_for_version("2.0", t_swap)
-        time.sleep(0.5)
         # after the swap only 2.0 answers (in-flight 1.0 answers end within a moment)
-        assert set(traffic.versions_since(t_swap + 0.5)) == {"2.0"}
+        assert set(traffic.versions_after(t_swap + 0.5)) == {"2.0"}
 
         rolled = models(server, "rollback")
         assert rolled.returncode == 0 and "2.0 -> 1.0 (rolled back)" in rolled.stdout, rolled.stderr
         t_back = time.monotonic()
         traffic.wait_for_version("1.0", t_back)
-        time.sleep(0.5)
-        assert set(traffic.versions_since(t_back + 0.5)) == {"1.0"}
+        assert set(traffic.versions_after(t_back + 0.5)) == {"1.0"}
     finally:
         traffic.finish()
 
