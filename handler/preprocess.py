@@ -210,7 +210,8 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-BYTES_PER_PIXEL_BUDGET = 4  # the decode budget is what the largest allowed RGB image takes (Pillow stores RGB in 4 bytes)
+# The decode budget is what the largest allowed RGB image takes (Pillow stores RGB in 4 bytes).
+BYTES_PER_PIXEL_BUDGET = 4
 
 
 def decode_budget(max_pixels: int) -> int:
@@ -405,7 +406,11 @@ def _gif_steps(data: bytes, cap: int) -> int:
     return steps
 
 
-_STEP_WALKERS = ((b"\xff\xd8", "JPEG", _jpeg_steps), (b"\x89PNG\r\n\x1a\n", "PNG", _png_steps), (b"GIF8", "GIF", _gif_steps))
+_STEP_WALKERS = (
+    (b"\xff\xd8", "JPEG", _jpeg_steps),
+    (b"\x89PNG\r\n\x1a\n", "PNG", _png_steps),
+    (b"GIF8", "GIF", _gif_steps),
+)
 
 
 def check_header_steps(data: bytes, source: str = "input", cap: int = MAX_HEADER_STEPS) -> None:
@@ -426,8 +431,9 @@ def open_image(
     """Identify ``data`` and read its header only (no pixels): the checks that cost nothing.
 
     Refuses empty data, formats outside :data:`ALLOWED_FORMATS` (no other decoder is tried)
-    and run-length BMPs, headers of more than :data:`MAX_HEADER_STEPS` steps, more than ``max_pixels`` pixels, sides under :data:`MIN_SIDE`, JPEGs too short for their
-    size (:func:`jpeg_min_bytes`) and images whose decoding would take more than
+    and run-length BMPs, headers of more than :data:`MAX_HEADER_STEPS` steps, more than
+    ``max_pixels`` pixels, sides under :data:`MIN_SIDE`, JPEGs too short for their size
+    (:func:`jpeg_min_bytes`) and images whose decoding would take more than
     :func:`decode_budget` bytes (:func:`decode_cost`). Selects the JPEG draft scale.
     """
     if not data:
@@ -509,7 +515,9 @@ def decode_image(
                     source=source, max_pixels=max_pixels)
 
 
-def load_rgb(image: Image.Image, data: bytes, *, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(
+    image: Image.Image, data: bytes, *, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode the pixels of an image from :func:`open_image` (``data``: its bytes, to name a
     format in errors) and make it upright 8-bit RGB, one step at a time so that each
     intermediate is freed before the next is made (peak: :func:`decode_cost`). Pass the

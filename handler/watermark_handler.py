@@ -442,7 +442,8 @@ class WatermarkHandler(BaseHandler):
         with self.decode_memory.reserve(cost):
             try:
                 # pop: load_rgb gets the only reference, so each conversion step frees the one before
-                return image_to_tensor(load_rgb(opened.pop(), body, source=SOURCE, max_pixels=self.max_pixels), self.spec)
+                image = load_rgb(opened.pop(), body, source=SOURCE, max_pixels=self.max_pixels)
+                return image_to_tensor(image, self.spec)
             finally:
                 if cost >= TRIM_AFTER_BYTES:
                     release_freed_memory()

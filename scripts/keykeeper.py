@@ -170,7 +170,8 @@ class Keeper:
             status, _ = self._call("GET", f"{self.inference}/ping", keys["inference"]["key"])
             if status != 200:
                 return False, f"/ping answered {status}"
-            status, body = self._call("GET", f"{self.management}/models/{urllib.parse.quote(self.model)}", keys["management"]["key"])
+            described = f"{self.management}/models/{urllib.parse.quote(self.model)}"
+            status, body = self._call("GET", described, keys["management"]["key"])
         except (KeyFileError, OSError) as exc:
             return False, f"TorchServe not answering ({type(exc).__name__})"
         if status != 200:
