@@ -1,68 +1,67 @@
-# Watermark detector on TorchServe 0.12.
+# The serving image: TorchServe 0.12 with the pinned torch that traced the model.
 #
-# Build (after scripts/create_mar.sh has written model_store/watermark.mar):
-#   docker build -t watermark-serve .
-#   docker build --build-arg BASE_IMAGE=pytorch/torchserve:0.12.0-cpu -t watermark-serve:cpu .
-# Run:
-#   docker run --rm --gpus all -p 127.0.0.1:8080-8082:8080-8082 --name wm watermark-serve
-# Key (token authorisation stays ON; keys change on every container start and are renewed
-# before they expire by scripts/keykeeper.py, which also answers keyless probes on :8083):
-#   docker exec wm cat /home/model-server/key_file.json      # "inference" -> "key"
-#   curl -H "Authorization: Bearer <key>" -T photo.jpg http://127.0.0.1:8080/predictions/watermark
-#   curl http://127.0.0.1:8083/ready                          # liveness: /live
-ARG BASE_IMAGE=pytorch/torchserve:0.12.0-gpu
+# Build with `make image` (scripts/build_image.sh): it makes the base locally with
+# debootstrap (Debian bookworm, whose python3 is 3.11) and downloads the serving wheels
+# (requirements-serve.txt) on the host into build/wheels, so the build pulls no image from
+# a registry and installs no Python package over the network. The pinned torch is the CUDA
+# build: the same image serves on a GPU node with the NVIDIA container toolkit.
+#   BASE_IMAGE   another base with the same layout (e.g. a CUDA runtime image on Debian 12)
+#
+# Run (`make image-test` does this and checks the answers):
+#   podman run -d -p 127.0.0.1:8080-8083:8080-8083 --name wm watermark-serve
+#   podman exec wm cat /home/model-server/key_file.json        # the keys (renewed by the keeper)
+#   curl http://127.0.0.1:8083/ready                            # keyless probe (/live too)
+# The archive is baked in at /home/model-server/model-store; mount a model store over that
+# path (-v store:/home/model-server/model-store:ro) to swap versions without a rebuild.
+ARG BASE_IMAGE=localhost/watermark-base:bookworm
 FROM ${BASE_IMAGE}
 
-# Stay on the base image's unprivileged user and home. It is named, not numbered, because
-# the base image creates it with `useradd model-server` and we must not guess its uid.
-# hadolint ignore=DL3066
-USER model-server
+# Java 17 for the TorchServe frontend, Python 3.11 for the workers; nothing else.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        python3 python3-venv openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+
+# The wheels are bound in for this step only, so they add no layer of their own.
+RUN --mount=type=bind,source=build/wheels,target=/wheels \
+    python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels -r /wheels/requirements-serve.txt
+
+# A numeric, non-root user (Kubernetes runAsNonRoot accepts it).
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/model-server model-server
 WORKDIR /home/model-server
 
-COPY --chown=model-server:model-server config.properties /home/model-server/config.properties
-# metrics.yaml: metrics_config=metrics.yaml (relative to the working directory below).
-COPY --chown=model-server:model-server metrics.yaml /home/model-server/metrics.yaml
-COPY --chown=model-server:model-server model_store/watermark.mar /home/model-server/model-store/watermark.mar
-# The key keeper (standard library only) and the module it reads config.properties with.
-COPY --chown=model-server:model-server scripts/keykeeper.py scripts/models.py /home/model-server/scripts/
+COPY --chown=10001:10001 config.properties metrics.yaml /home/model-server/
+COPY --chown=10001:10001 scripts/keykeeper.py scripts/models.py scripts/container_entry.sh /home/model-server/scripts/
+COPY --chown=10001:10001 model_store/watermark.mar /home/model-server/model-store/watermark.mar
 
-# Container-only config changes, everything else stays as in the repo's config.properties:
-# - inside a container 127.0.0.1 is unreachable through -p port mappings, so the three HTTP
-#   listeners bind 0.0.0.0 (gRPC stays on loopback and is not exposed); publish the ports
-#   on the host's loopback or behind a proxy (see `docker run` above);
-# - model_store points at the base image's model store.
-# The greps fail the build if the repo config changes shape and a sed stops matching, if
-# token authorisation was switched off, or if the management API could register archives
-# from URLs (allowed_urls must stay ^$, see config.properties).
+# Container-only config changes; everything else stays as in the repository's file. Inside
+# a container 127.0.0.1 is unreachable through port mappings, so the HTTP listeners bind
+# 0.0.0.0 (gRPC stays on loopback and is not exposed). The greps fail the build if the
+# config changes shape and a sed stops matching, if token authorisation was switched off,
+# or if the management API could register archives from URLs.
 RUN sed -i \
         -e 's#^inference_address=http://127\.0\.0\.1:#inference_address=http://0.0.0.0:#' \
         -e 's#^management_address=http://127\.0\.0\.1:#management_address=http://0.0.0.0:#' \
         -e 's#^metrics_address=http://127\.0\.0\.1:#metrics_address=http://0.0.0.0:#' \
         -e 's#^model_store=.*#model_store=/home/model-server/model-store#' \
-        /home/model-server/config.properties \
-    && grep -q '^inference_address=http://0\.0\.0\.0:8080$' /home/model-server/config.properties \
-    && grep -q '^management_address=http://0\.0\.0\.0:8081$' /home/model-server/config.properties \
-    && grep -q '^metrics_address=http://0\.0\.0\.0:8082$' /home/model-server/config.properties \
-    && grep -q '^model_store=/home/model-server/model-store$' /home/model-server/config.properties \
-    && ! grep -qi '^disable_token_authorization *= *true' /home/model-server/config.properties \
-    && grep -q '^allowed_urls=^\$$' /home/model-server/config.properties
+        config.properties \
+    && grep -q '^inference_address=http://0\.0\.0\.0:8080$' config.properties \
+    && grep -q '^management_address=http://0\.0\.0\.0:8081$' config.properties \
+    && grep -q '^metrics_address=http://0\.0\.0\.0:8082$' config.properties \
+    && grep -q '^model_store=/home/model-server/model-store$' config.properties \
+    && ! grep -qi '^disable_token_authorization *= *true' config.properties \
+    && grep -q '^allowed_urls=^\$$' config.properties
 
-# onnxruntime serves archives built with create_mar.sh --format onnx (TorchScript needs
-# nothing extra). OMP_WAIT_POLICY: idle OpenMP threads sleep instead of spinning, as
-# scripts/serve.sh sets it (measured in scripts/bench.py).
-RUN pip install --no-cache-dir onnxruntime==1.31.1
-ENV OMP_WAIT_POLICY=PASSIVE
-
+USER 10001
+ENV PATH=/opt/venv/bin:$PATH \
+    OMP_WAIT_POLICY=PASSIVE \
+    PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8080 8081 8082 8083
 
-# The key keeper's keyless probe (TorchServe's /ping needs the inference key, which expires).
+# The key keeper's keyless probe (TorchServe's own /ping needs a key that expires).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python3", "-c", "import urllib.request as r; r.urlopen('http://127.0.0.1:8083/ready', timeout=8)"]
 
-# Own entrypoint instead of the base image's `serve` (which passes its own flags): TorchServe
-# runs in the foreground from /home/model-server, so key_file.json is written there, with
-# token authorisation on and the model API limited to the model store (allowed_urls=^$) as
-# config.properties says; the key keeper runs beside it (probes on 0.0.0.0:8083). On docker
-# stop (SIGTERM) the trap runs `torchserve --stop` so Java and its Python workers exit
-# cleanly; the keeper exits when key_file.json goes away.
-ENTRYPOINT ["/bin/bash", "-c", "cd /home/model-server || exit 1; torchserve --start --foreground --ts-config /home/model-server/config.properties & pid=$!; python3 scripts/keykeeper.py --config config.properties --key-file key_file.json --listen 0.0.0.0:8083 & trap 'torchserve --stop; wait $pid' TERM INT; wait $pid"]
+ENTRYPOINT ["/home/model-server/scripts/container_entry.sh"]

@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo train-real tune bench bench-inputs bench-quality test test-fast lint serve stop key clean
+.PHONY: venv demo train-real tune bench bench-inputs bench-quality image image-test test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -35,6 +35,12 @@ test: venv  ## the whole suite (unit + integration with a real TorchServe)
 
 test-fast: venv  ## unit tests only
 	$(PY) -m pytest -q -m "not integration"
+
+image: venv  ## serving image with podman from a local debootstrap base (needs model_store/watermark.mar)
+	@scripts/build_image.sh
+
+image-test: venv  ## start the image on loopback ports, check verdicts, a bad body, metrics, UID and SIGTERM
+	@scripts/image_test.sh
 
 lint: venv
 	.venv/bin/hadolint Dockerfile

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Start the serving image on loopback ports and check what it answers, then stop it.
+#
+#   scripts/image_test.sh [--tag NAME]      default tag: localhost/watermark-serve:latest
+#
+# Checks: the keyless probe turns ready; real photos (demo_data/test, else generated ones)
+# get verdicts through `curl -T` with the key handed over on stdin; a bad body sent among
+# them gets its own 4xx; /metrics has the handler's counters; one photo's probability
+# equals what this checkout's preprocessing and the archive's model.pt give in-process
+# (and what a local TorchServe answers, when one runs); the container runs as UID 10001;
+# SIGTERM stops it cleanly (exit status 0). Prints the time to ready and to the first
+# verdict. PODMAN_GLOBAL / PODMAN_LIMITS as in scripts/build_image.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TAG="localhost/watermark-serve:latest"
+PODMAN_GLOBAL="${PODMAN_GLOBAL---cgroup-manager=cgroupfs --runtime runc}"
+PODMAN_LIMITS="${PODMAN_LIMITS---ulimit nofile=1024:1024 --ulimit nproc=4096:4096}"
+PYTHON=.venv/bin/python
+[[ -x "$PYTHON" ]] || PYTHON=python3
+NAME="watermark-image-test-$$"
+
+die() { echo "image_test.sh: error: $*" >&2; exit 1; }
+say() { echo "image_test.sh: $*"; }
+pod() { podman $PODMAN_GLOBAL "$@"; }  # shellcheck disable=SC2086
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --tag) [[ $# -ge 2 ]] || die "--tag needs a value"; TAG="$2"; shift 2 ;;
+        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option '$1' (see --help)" ;;
+    esac
+done
+command -v podman >/dev/null 2>&1 || die "podman not found; run make image first (it installs it)"
+pod image exists "$TAG" || die "image $TAG not found; build it with make image"
+
+work=$(mktemp -d)
+cleanup() { pod rm -f "$NAME" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+read -r P_INF P_MGT P_MET P_HEALTH < <("$PYTHON" - <<'PY'
+import socket
+ports = []
+sockets = [socket.socket() for _ in range(4)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+    ports.append(s.getsockname()[1])
+for s in sockets:
+    s.close()
+print(*ports)
+PY
+)
+say "starting $TAG as $NAME on 127.0.0.1:$P_INF (inference), :$P_MGT, :$P_MET, :$P_HEALTH (probes)"
+started=$(date +%s.%N)
+# shellcheck disable=SC2086
+# --no-healthcheck: podman would schedule the image's HEALTHCHECK through systemd timers,
+# which this machine lacks; the same probe is checked here directly.
+pod run -d --name "$NAME" --no-healthcheck $PODMAN_LIMITS \
+    -p "127.0.0.1:$P_INF:8080" -p "127.0.0.1:$P_MGT:8081" -p "127.0.0.1:$P_MET:8082" -p "127.0.0.1:$P_HEALTH:8083" \
+    "$TAG" >/dev/null || die "podman run failed (a port in use? see above)"
+
+elapsed() { echo "$(date +%s.%N) $started" | awk '{printf "%.1f", $1 - $2}'; }
+for _ in $(seq 180); do
+    code=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$P_HEALTH/ready" || true)
+    [[ "$code" == "200" ]] && break
+    pod container exists "$NAME" && [[ "$(pod inspect -f '{{.State.Running}}' "$NAME")" == "true" ]] \
+        || { pod logs "$NAME" 2>&1 | tail -n 20 >&2; die "the container stopped (logs above)"; }
+    sleep 1
+done
+[[ "$code" == "200" ]] || { pod logs "$NAME" 2>&1 | tail -n 20 >&2; die "not ready after 180 s (logs above)"; }
+say "ready after $(elapsed) s (keyless probe http://127.0.0.1:$P_HEALTH/ready)"
+[[ "$(pod exec "$NAME" id -u)" == "10001" ]] || die "the container does not run as UID 10001"
+pod exec "$NAME" cat /home/model-server/key_file.json >"$work/keys.json"
+KEY=$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["inference"]["key"])' "$work/keys.json")
+
+photos=()
+while IFS= read -r -d '' f; do photos+=("$f"); done < <(find demo_data/test -name '*.jpg' -print0 2>/dev/null | sort -z | head -z -n 4)
+if [[ ${#photos[@]} -eq 0 ]]; then
+    "$PYTHON" - "$work" <<'PY'
+import sys
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for i in range(4):
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(f"{sys.argv[1]}/photo{i}.jpg", quality=90)
+PY
+    photos=("$work"/photo*.jpg)
+fi
+printf 'this is not an image\n' >"$work/bad.jpg"
+
+ask() {  # ask FILE -> JSON answer of the container, key on stdin
+    printf 'Authorization: Bearer %s\n' "$KEY" \
+        | curl -s --noproxy '*' --max-time 120 -H @- -T "$1" "http://127.0.0.1:$P_INF/predictions/watermark"
+}
+first=$(ask "${photos[0]}")
+say "first verdict after $(elapsed) s: $(echo "$first" | tr -d '\n ')"
+for f in "${photos[@]}" "$work/bad.jpg"; do ask "$f" >"$work/$(basename "$f").json" & done
+wait
+for f in "${photos[@]}"; do
+    grep -q '"probability"' "$work/$(basename "$f").json" || die "no verdict for $f: $(cat "$work/$(basename "$f").json")"
+done
+grep -q '"status": 400' "$work/bad.jpg.json" || die "the bad body did not get its own 400: $(cat "$work/bad.jpg.json")"
+say "${#photos[@]} verdicts and one 400 for the bad body, sent at once"
+curl -s --noproxy '*' "http://127.0.0.1:$P_MET/metrics" | grep -q '^watermark_verdicts_total' \
+    || die "/metrics has no watermark_verdicts_total"
+
+"$PYTHON" -W ignore::FutureWarning - "${photos[0]}" "$first" <<'PY' || die "the container's probability differs from the local one"
+import io, json, sys, zipfile
+import torch
+from handler.preprocess import PreprocessSpec, bytes_to_tensor, sigmoid
+with zipfile.ZipFile("model_store/watermark.mar") as mar:
+    spec = PreprocessSpec.from_dict(json.loads(mar.read("preprocess.json")))
+    model = torch.jit.load(io.BytesIO(mar.read("model.pt")), map_location="cpu").eval()
+data = open(sys.argv[1], "rb").read()
+with torch.inference_mode():
+    local = sigmoid(float(model(bytes_to_tensor(data, spec).unsqueeze(0)).reshape(-1)[0]))
+served = json.loads(sys.argv[2])["probability"]
+print(f"image_test.sh: probability in the container {served}, in-process here {local:.6f}")
+sys.exit(0 if abs(served - local) < 2e-5 else 1)
+PY
+if [[ -f key_file.json ]] && curl -s --noproxy '*' -o /dev/null --max-time 2 http://127.0.0.1:8083/ready; then
+    local_answer=$(scripts/serve.sh header | curl -s --noproxy '*' -H @- -T "${photos[0]}" http://127.0.0.1:8080/predictions/watermark)
+    say "the local TorchServe answers: $(echo "$local_answer" | tr -d '\n ')"
+fi
+
+stop_started=$(date +%s.%N)
+pod stop -t 30 "$NAME" >/dev/null
+status=$(pod inspect -f '{{.State.ExitCode}}' "$NAME")
+say "stopped with SIGTERM in $(echo "$(date +%s.%N) $stop_started" | awk '{printf "%.1f", $1 - $2}') s, exit status $status"
+[[ "$status" == "0" ]] || die "exit status $status after SIGTERM (expected 0)"
+say "all checks passed"
