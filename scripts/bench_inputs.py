@@ -19,7 +19,6 @@ keys from key_file.json) one at a time, and the worker's own peak growth is read
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import multiprocessing
 import os
@@ -47,14 +46,9 @@ from handler.preprocess import (  # noqa: E402
     image_to_tensor,
     open_image,
 )
+from scripts.bench import encode, loopback_session  # noqa: E402
 
 MB = 1_000_000
-
-
-def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def side(pixels: float) -> int:
@@ -248,8 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     spec = PreprocessSpec(image_size=args.image_size, max_pixels=args.max_pixels)
     session = url = key = management = pid = None
     if args.served:
-        from scripts.bench import loopback_session
-
         keys = json.loads((REPO / "key_file.json").read_text())
         key = keys["inference"]["key"]
         session = loopback_session()
