@@ -12,7 +12,10 @@
 #   podman exec wm cat /home/model-server/key_file.json        # the keys (renewed by the keeper)
 #   curl http://127.0.0.1:8083/ready                            # keyless probe (/live too)
 # The archive is baked in at /home/model-server/model-store; mount a model store over that
-# path (-v store:/home/model-server/model-store:ro) to swap versions without a rebuild.
+# path (-v store:/home/model-server/model-store:ro), or elsewhere with MODEL_STORE=PATH
+# (KServe's storageUri: /mnt/models), to serve another version without a rebuild.
+# SIGTERM drains first (readiness 503, in-flight requests answered; DRAIN_MIN_S,
+# DRAIN_TIMEOUT_S), then stops TorchServe; see scripts/container_entry.sh.
 ARG BASE_IMAGE=localhost/watermark-base:bookworm
 FROM ${BASE_IMAGE}
 
@@ -34,7 +37,8 @@ WORKDIR /home/model-server
 
 COPY --chown=10001:10001 config.properties metrics.yaml /home/model-server/
 COPY --chown=10001:10001 scripts/keykeeper.py scripts/models.py scripts/container_entry.sh /home/model-server/scripts/
-COPY --chown=10001:10001 model_store/watermark.mar /home/model-server/model-store/watermark.mar
+# The archive: model_store/watermark.mar or build_image.sh --mar FILE, staged by the script.
+COPY --chown=10001:10001 build/image/watermark.mar /home/model-server/model-store/watermark.mar
 
 # Container-only config changes; everything else stays as in the repository's file. Inside
 # a container 127.0.0.1 is unreachable through port mappings, so the HTTP listeners bind

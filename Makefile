@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo train-real tune bench bench-inputs bench-quality image image-test test test-fast lint serve stop key clean
+.PHONY: venv demo train-real tune bench bench-inputs bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -39,8 +39,11 @@ test-fast: venv  ## unit tests only
 image: venv  ## serving image with podman from a local debootstrap base (needs model_store/watermark.mar)
 	@scripts/build_image.sh
 
-image-test: venv  ## start the image on loopback ports, check verdicts, a bad body, metrics, UID and SIGTERM
+image-test: venv  ## start the image on loopback ports, check verdicts, a bad body, metrics, UID and a drained SIGTERM
 	@scripts/image_test.sh
+
+image-ci: venv  ## CI's container step: image around an untrained model (build/ci), then image-test against it
+	@scripts/image_ci.sh
 
 lint: venv
 	.venv/bin/hadolint Dockerfile

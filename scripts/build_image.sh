@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Build the serving image (Dockerfile) with podman, with no image pulled from a registry.
 #
-#   scripts/build_image.sh [--tag NAME]      default tag: localhost/watermark-serve:latest
+#   scripts/build_image.sh [--tag NAME] [--mar FILE]
+#       --tag   default localhost/watermark-serve:latest
+#       --mar   the archive baked in (default model_store/watermark.mar)
 #
 # 1. the base: localhost/watermark-base:bookworm, made once with debootstrap (Debian
 #    bookworm, minbase) and `podman import` (skipped when it exists, or with BASE_IMAGE=...);
 # 2. the serving wheels: `pip download -r requirements-serve.txt` on this host into
 #    build/wheels (the host's own pip settings apply; nothing is installed from the network
 #    inside the build);
-# 3. `podman build` under a temporary tag, which is renamed to the real tag only when the
+# 3. the archive, copied to build/image/watermark.mar (the only place the build reads it);
+# 4. `podman build` under a temporary tag, which is renamed to the real tag only when the
 #    build succeeded: a failed build never leaves a half-built image under the real name.
-# Needs model_store/watermark.mar (make demo, make train-real or scripts/create_mar.sh),
+# Needs the archive (make demo, make train-real or scripts/create_mar.sh),
 # podman, runc and debootstrap (installed with apt-get when missing and running as root),
 # and about 20 GB of free disk. PODMAN_GLOBAL and PODMAN_LIMITS hold the flags this
 # machine's nested containers need (see README "Container"); set them empty elsewhere.
@@ -18,11 +21,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TAG="localhost/watermark-serve:latest"
+MAR=model_store/watermark.mar
 BASE_IMAGE="${BASE_IMAGE:-localhost/watermark-base:bookworm}"
 PODMAN_GLOBAL="${PODMAN_GLOBAL---cgroup-manager=cgroupfs --runtime runc}"
 PODMAN_LIMITS="${PODMAN_LIMITS---ulimit nofile=1024:1024 --ulimit nproc=4096:4096}"
 NEED_GB=20
 WHEELS=build/wheels
+PYTHON=.venv/bin/python
+[[ -x "$PYTHON" ]] || PYTHON=python3
 
 die() { echo "build_image.sh: error: $*" >&2; exit 1; }
 say() { echo "build_image.sh: $*"; }
@@ -30,7 +36,8 @@ say() { echo "build_image.sh: $*"; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tag) [[ $# -ge 2 ]] || die "--tag needs a value"; TAG="$2"; shift 2 ;;
-        -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --mar) [[ $# -ge 2 ]] || die "--mar needs a value"; MAR="$2"; shift 2 ;;
+        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
@@ -80,21 +87,27 @@ make_base() {
 }
 
 download_wheels() {
-    local python=.venv/bin/python
-    [[ -x "$python" ]] || python=python3
     mkdir -p "$WHEELS"
     cp requirements-serve.txt "$WHEELS/requirements-serve.txt"
     say "downloading the serving wheels into $WHEELS (requirements-serve.txt)"
-    "$python" -m pip download --quiet --disable-pip-version-check -r requirements-serve.txt -d "$WHEELS" \
-        || die "pip download -r requirements-serve.txt failed"
+    local log="$WHEELS/pip-download.log"
+    if ! "$PYTHON" -m pip download --quiet --disable-pip-version-check -r requirements-serve.txt -d "$WHEELS" \
+            >"$log" 2>&1; then
+        grep -v "^WARNING: Location 'file:" "$log" >&2 || true
+        die "pip download -r requirements-serve.txt failed (see above)"
+    fi
 }
 
-[[ -f model_store/watermark.mar ]] \
-    || die "model_store/watermark.mar not found; build it first (make demo, make train-real or scripts/create_mar.sh)"
+[[ -f "$MAR" ]] || die "$MAR not found; build it first (make demo, make train-real or scripts/create_mar.sh)"
+"$PYTHON" -c 'import sys, zipfile; sys.exit("MAR-INF/MANIFEST.json" not in zipfile.ZipFile(sys.argv[1]).namelist())' "$MAR" 2>/dev/null \
+    || die "$MAR is not a TorchServe archive (no MAR-INF/MANIFEST.json inside)"
 ensure_tools
 check_disk
 make_base
 download_wheels
+mkdir -p build/image
+cp "$MAR" build/image/watermark.mar.tmp && mv build/image/watermark.mar.tmp build/image/watermark.mar
+say "archive $MAR ($(( $(stat -c %s "$MAR") / 1000000 )) MB) staged as build/image/watermark.mar"
 
 building="${TAG%%:*}:building-$$"
 say "building $TAG (temporary tag $building)"

@@ -4,10 +4,29 @@
 # * torch threads follow the container's CPU limit (cgroup v2 cpu.max or v1 cfs quota),
 #   not the node's core count, unless OMP_NUM_THREADS is set; the handler uses torch's
 #   thread count when the archive sets no handler.threads;
-# * SIGTERM/SIGINT run `torchserve --stop`, which stops the frontend and its workers;
-#   the key keeper exits when TorchServe deletes key_file.json.
+# * the model store is MODEL_STORE (default: the archive baked into the image); mount a
+#   store there, or point it at KServe's /mnt/models, to serve another version;
+# * SIGTERM/SIGINT drain first: the keeper's /ready turns 503 (so no new traffic is routed
+#   here), then the entry waits DRAIN_MIN_S (default 0; give Kubernetes endpoints time to
+#   update) and until no connection to the inference port is left, at most DRAIN_TIMEOUT_S
+#   (default 8, under podman's and docker's 10 s stop timeout; an idle keep-alive client
+#   holds its connection until then); then `torchserve --stop` stops the frontend and its
+#   workers, the key keeper exits when TorchServe deletes key_file.json, and the exit
+#   status is 0.
 set -euo pipefail
 cd /home/model-server
+
+MODEL_STORE="${MODEL_STORE:-/home/model-server/model-store}"
+INFERENCE_PORT=8080
+DRAIN_MIN_S="${DRAIN_MIN_S:-0}"
+DRAIN_TIMEOUT_S="${DRAIN_TIMEOUT_S:-8}"
+
+die() { echo "container_entry: error: $*" >&2; exit 2; }
+
+[[ "$DRAIN_MIN_S" =~ ^[0-9]+$ ]] || die "DRAIN_MIN_S='$DRAIN_MIN_S': expected whole seconds"
+[[ "$DRAIN_TIMEOUT_S" =~ ^[0-9]+$ ]] || die "DRAIN_TIMEOUT_S='$DRAIN_TIMEOUT_S': expected whole seconds"
+[[ -f "$MODEL_STORE/watermark.mar" ]] \
+    || die "MODEL_STORE=$MODEL_STORE has no watermark.mar; mount a model store holding it there"
 
 cpu_limit() {  # whole CPUs of the container's quota, empty when unlimited
     local quota period
@@ -23,17 +42,33 @@ cpu_limit() {  # whole CPUs of the container's quota, empty when unlimited
     echo $(( (quota + period - 1) / period ))
 }
 
+connections() {  # established TCP connections to the inference port in this network namespace
+    awk -v port="$(printf '%04X' "$INFERENCE_PORT")" \
+        'FNR > 1 && $4 == "01" { split($2, local_addr, ":"); if (local_addr[2] == port) n++ } END { print n + 0 }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null || echo 0
+}
+
+drain() {
+    local started=$SECONDS left
+    kill -USR1 "$keeper" 2>/dev/null || true
+    sleep "$DRAIN_MIN_S"
+    while left=$(connections); [[ "$left" -gt 0 ]] && (( SECONDS - started < DRAIN_TIMEOUT_S )); do
+        sleep 0.2
+    done
+    echo "container_entry: drained in $((SECONDS - started)) s ($left connections left)" >&2
+}
+
 if [[ -z "${OMP_NUM_THREADS:-}" ]]; then
     limit="$(cpu_limit)"
     if [[ -n "$limit" ]]; then
         export OMP_NUM_THREADS="$limit"
     fi
 fi
-echo "container_entry: torch threads ${OMP_NUM_THREADS:-all cores (no CPU limit)}" >&2
+echo "container_entry: torch threads ${OMP_NUM_THREADS:-all cores (no CPU limit)}, model store $MODEL_STORE" >&2
 
-torchserve --start --foreground --ts-config config.properties &
+torchserve --start --foreground --ts-config config.properties --model-store "$MODEL_STORE" &
 server=$!
 python3 scripts/keykeeper.py --config config.properties --key-file key_file.json --listen 0.0.0.0:8083 &
-# On SIGTERM: stop TorchServe (frontend and workers), wait for it, and exit 0 (a clean stop).
-trap 'torchserve --stop; wait "$server" || true; exit 0' TERM INT
+keeper=$!
+trap 'drain; torchserve --stop; wait "$server" || true; exit 0' TERM INT
 wait "$server"

@@ -6,10 +6,12 @@
 # Checks: the keyless probe turns ready; real photos (demo_data/test, else generated ones)
 # get verdicts through `curl -T` with the key handed over on stdin; a bad body sent among
 # them gets its own 4xx; /metrics has the handler's counters; one photo's probability
-# equals what this checkout's preprocessing and the archive's model.pt give in-process
-# (and what a local TorchServe answers, when one runs); the container runs as UID 10001;
-# SIGTERM stops it cleanly (exit status 0). Prints the time to ready and to the first
-# verdict. PODMAN_GLOBAL / PODMAN_LIMITS as in scripts/build_image.sh.
+# equals what this checkout's preprocessing and the image's own archive (copied out of
+# the container) give in-process, and what a local TorchServe answers when one runs the
+# same archive; the container runs as UID 10001; SIGTERM sent while 12 large photos are
+# in flight drains them (every one gets its verdict) and the exit status is 0. Prints the
+# time to ready and to the first verdict. PODMAN_GLOBAL / PODMAN_LIMITS as in
+# scripts/build_image.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,7 +29,7 @@ pod() { podman $PODMAN_GLOBAL "$@"; }  # shellcheck disable=SC2086
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tag) [[ $# -ge 2 ]] || die "--tag needs a value"; TAG="$2"; shift 2 ;;
-        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
@@ -55,7 +57,7 @@ started=$(date +%s.%N)
 # shellcheck disable=SC2086
 # --no-healthcheck: podman would schedule the image's HEALTHCHECK through systemd timers,
 # which this machine lacks; the same probe is checked here directly.
-pod run -d --name "$NAME" --no-healthcheck $PODMAN_LIMITS \
+pod run -d --name "$NAME" --no-healthcheck $PODMAN_LIMITS -e DRAIN_TIMEOUT_S=25 \
     -p "127.0.0.1:$P_INF:8080" -p "127.0.0.1:$P_MGT:8081" -p "127.0.0.1:$P_MET:8082" -p "127.0.0.1:$P_HEALTH:8083" \
     "$TAG" >/dev/null || die "podman run failed (a port in use? see above)"
 
@@ -104,28 +106,59 @@ say "${#photos[@]} verdicts and one 400 for the bad body, sent at once"
 curl -s --noproxy '*' "http://127.0.0.1:$P_MET/metrics" | grep -q '^watermark_verdicts_total' \
     || die "/metrics has no watermark_verdicts_total"
 
-"$PYTHON" -W ignore::FutureWarning - "${photos[0]}" "$first" <<'PY' || die "the container's probability differs from the local one"
+pod cp "$NAME:/home/model-server/model-store/watermark.mar" "$work/image.mar" \
+    || die "cannot copy the archive out of the container"
+"$PYTHON" -W ignore::FutureWarning - "$work/image.mar" "${photos[0]}" "$first" <<'PY' || die "the container's probability differs from the local one"
 import io, json, sys, zipfile
 import torch
 from handler.preprocess import PreprocessSpec, bytes_to_tensor, sigmoid
-with zipfile.ZipFile("model_store/watermark.mar") as mar:
+with zipfile.ZipFile(sys.argv[1]) as mar:
     spec = PreprocessSpec.from_dict(json.loads(mar.read("preprocess.json")))
     model = torch.jit.load(io.BytesIO(mar.read("model.pt")), map_location="cpu").eval()
-data = open(sys.argv[1], "rb").read()
+data = open(sys.argv[2], "rb").read()
 with torch.inference_mode():
     local = sigmoid(float(model(bytes_to_tensor(data, spec).unsqueeze(0)).reshape(-1)[0]))
-served = json.loads(sys.argv[2])["probability"]
-print(f"image_test.sh: probability in the container {served}, in-process here {local:.6f}")
+served = json.loads(sys.argv[3])["probability"]
+print(f"image_test.sh: probability in the container {served}, in-process here with the image's archive {local:.6f}")
 sys.exit(0 if abs(served - local) < 2e-5 else 1)
 PY
-if [[ -f key_file.json ]] && curl -s --noproxy '*' -o /dev/null --max-time 2 http://127.0.0.1:8083/ready; then
+if [[ -f key_file.json ]] && cmp -s "$work/image.mar" model_store/watermark.mar \
+        && curl -s --noproxy '*' -o /dev/null --max-time 2 http://127.0.0.1:8083/ready; then
     local_answer=$(scripts/serve.sh header | curl -s --noproxy '*' -H @- -T "${photos[0]}" http://127.0.0.1:8080/predictions/watermark)
-    say "the local TorchServe answers: $(echo "$local_answer" | tr -d '\n ')"
+    say "the local TorchServe (same archive) answers: $(echo "$local_answer" | tr -d '\n ')"
+    "$PYTHON" -c 'import json, sys; sys.exit(abs(json.loads(sys.argv[1])["probability"] - json.loads(sys.argv[2])["probability"]) > 2e-5)' \
+        "$local_answer" "$first" || die "the local TorchServe answers another probability for ${photos[0]}"
 fi
 
+# SIGTERM under load: 12 large photos (4000 x 3000 JPEG) sent at once, SIGTERM while they
+# are in flight; /ready must turn 503 at once and every one must still get its verdict (the
+# entry point drains first).
+"$PYTHON" - "${photos[0]}" "$work/large.jpg" <<'PY'
+import sys
+from PIL import Image
+Image.open(sys.argv[1]).convert("RGB").resize((4000, 3000)).save(sys.argv[2], quality=90)
+PY
+for i in $(seq 12); do
+    ( ask "$work/large.jpg" >"$work/inflight$i.json" || true; date +%s.%N >"$work/inflight$i.done" ) &
+done
+sleep 0.5
 stop_started=$(date +%s.%N)
-pod stop -t 30 "$NAME" >/dev/null
+( pod stop -t 30 "$NAME" >/dev/null; date +%s.%N >"$work/stopped" ) &
+sleep 0.5
+ready_draining=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$P_HEALTH/ready" || true)
+wait
+stopped=$(cat "$work/stopped")
+answered=0
+after=0
+for i in $(seq 12); do
+    grep -q '"probability"' "$work/inflight$i.json" && answered=$((answered + 1))
+    awk -v done="$(cat "$work/inflight$i.done")" -v stop="$stop_started" 'BEGIN { exit !(done > stop) }' && after=$((after + 1))
+done
 status=$(pod inspect -f '{{.State.ExitCode}}' "$NAME")
-say "stopped with SIGTERM in $(echo "$(date +%s.%N) $stop_started" | awk '{printf "%.1f", $1 - $2}') s, exit status $status"
+say "SIGTERM with 12 large photos in flight: $answered of 12 answered ($after of them after SIGTERM); stopped in $(echo "$stopped $stop_started" | awk '{printf "%.1f", $1 - $2}') s, exit status $status"
+pod logs "$NAME" 2>&1 | grep 'container_entry: drained' >&2 || true
+[[ "$ready_draining" == "503" ]] || die "/ready answered '$ready_draining' while draining (expected 503)"
+[[ "$answered" -eq 12 ]] || die "$((12 - answered)) requests in flight at SIGTERM got no verdict"
+[[ "$after" -gt 0 ]] || say "warning: every request finished before SIGTERM; the drain was not exercised"
 [[ "$status" == "0" ]] || die "exit status $status after SIGTERM (expected 0)"
 say "all checks passed"

@@ -17,6 +17,9 @@ runs it too):
   200 or 503 and a small JSON status, never a key: live = TorchServe's frontend answers
   ``/ping``; ready = ``/ping`` is healthy and the model has a READY worker. Probes
   (Kubernetes, the container HEALTHCHECK, ``serve.sh status``) need no secret;
+* on SIGUSR1 starts draining: ``/ready`` answers 503 from then on (``/live`` is unchanged),
+  so a load balancer stops sending new requests while the ones in flight finish (the
+  container's entry point sends it on SIGTERM, before it stops TorchServe);
 * exits when key_file.json disappears after it was seen (``torchserve --stop`` deletes
   it), or on SIGTERM / SIGINT.
 
@@ -105,6 +108,7 @@ class Keeper:
         self.timeout_s = timeout_s
         self.lifetime_s: dict[str, float] = {}  # remaining life of each key when first seen
         self.renewals = 0
+        self.draining = threading.Event()  # set on SIGUSR1: /ready answers 503 from then on
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
         self._lock = threading.Lock()
 
@@ -164,7 +168,9 @@ class Keeper:
         return status in (200, 500), f"/ping answered {status}"
 
     def ready(self) -> tuple[bool, str]:
-        """/ping is 200 and the model has at least one READY worker."""
+        """/ping is 200 and the model has at least one READY worker, unless draining."""
+        if self.draining.is_set():
+            return False, "draining: the server is shutting down"
         try:
             keys = read_keys(self.key_file)
             status, _ = self._call("GET", f"{self.inference}/ping", keys["inference"]["key"])
@@ -276,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: keeper.draining.set())  # only sets the flag: signal-safe
     log.info("keeping %s (margin %.0f s), probes on %s", args.key_file, args.renew_margin_s, args.listen)
     return run(keeper, server, stop, args.wait_for_keys_s)
 

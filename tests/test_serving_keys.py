@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -147,6 +148,21 @@ def test_models_script_reads_a_renewed_key_again(server, keeper):
     api = Management(server.management, "renewed-meanwhile", 10.0, key_file=server.key_file)
     assert [m["modelName"] for m in api.call("GET", "/models")["models"]] == ["watermark"]
     assert api.key == server.key("management")
+
+
+@pytest.mark.integration
+@needs_server
+def test_sigusr1_turns_ready_off_and_leaves_live_on(server, keeper):
+    """The container's entry point sends SIGUSR1 on SIGTERM: no new traffic, the server still answers."""
+    os.kill(keeper.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while (ready := requests.get(keeper.url + "/ready", timeout=TIMEOUT)).status_code != 503:
+        assert time.monotonic() < deadline, ready.text
+        time.sleep(0.1)
+    assert ready.json() == {"ok": False, "detail": "draining: the server is shutting down"}
+    assert requests.get(keeper.url + "/live", timeout=TIMEOUT).status_code == 200
+    assert put_image(server, sf.jpeg_bytes()).status_code == 200  # requests in flight or late are still answered
+    assert keeper.poll() is None
 
 
 # ------------------------------------------------------------- serve.sh, end to end
