@@ -3,15 +3,16 @@
 #
 #   scripts/image_test.sh [--tag NAME]      default tag: localhost/watermark-serve:latest
 #
-# Checks: the keyless probe turns ready; real photos (demo_data/test, else generated ones)
-# get verdicts through `curl -T` with the key handed over on stdin; a bad body sent among
-# them gets its own 4xx; /metrics has the handler's counters; one photo's probability
-# equals what this checkout's preprocessing and the image's own archive (copied out of
-# the container) give in-process, and what a local TorchServe answers when one runs the
-# same archive; the container runs as UID 10001; SIGTERM sent while 12 large photos are
-# in flight drains them (every one gets its verdict) and the exit status is 0. Prints the
-# time to ready and to the first verdict. PODMAN_GLOBAL / PODMAN_LIMITS as in
-# scripts/build_image.sh.
+# Checks, first with TOKEN_AUTH=off: a verdict without a key, and no management API from
+# outside. Then with the default (keys on): the keyless probe turns ready; real photos
+# (demo_data/test, else generated ones) get verdicts through `curl -T` with the key handed
+# over on stdin; a bad body sent among them gets its own 4xx; /metrics has the handler's
+# counters; one photo's probability equals what this checkout's preprocessing and the
+# image's own archive (copied out of the container) give in-process, and what a local
+# TorchServe answers when one runs the same archive; the container runs as UID 10001;
+# SIGTERM sent while 12 large photos are in flight drains them (/ready turns 503, every
+# one gets its verdict) and the exit status is 0. Prints the time to ready and to the
+# first verdict. PODMAN_GLOBAL / PODMAN_LIMITS as in scripts/build_image.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,7 +38,7 @@ command -v podman >/dev/null 2>&1 || die "podman not found; run make image first
 pod image exists "$TAG" || die "image $TAG not found; build it with make image"
 
 work=$(mktemp -d)
-cleanup() { pod rm -f "$NAME" >/dev/null 2>&1 || true; rm -rf "$work"; }
+cleanup() { pod rm -f "$NAME" "$NAME-noauth" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 read -r P_INF P_MGT P_MET P_HEALTH < <("$PYTHON" - <<'PY'
@@ -52,24 +53,46 @@ for s in sockets:
 print(*ports)
 PY
 )
-say "starting $TAG as $NAME on 127.0.0.1:$P_INF (inference), :$P_MGT, :$P_MET, :$P_HEALTH (probes)"
-started=$(date +%s.%N)
-# shellcheck disable=SC2086
-# --no-healthcheck: podman would schedule the image's HEALTHCHECK through systemd timers,
-# which this machine lacks; the same probe is checked here directly.
-pod run -d --name "$NAME" --no-healthcheck $PODMAN_LIMITS -e DRAIN_TIMEOUT_S=25 \
-    -p "127.0.0.1:$P_INF:8080" -p "127.0.0.1:$P_MGT:8081" -p "127.0.0.1:$P_MET:8082" -p "127.0.0.1:$P_HEALTH:8083" \
-    "$TAG" >/dev/null || die "podman run failed (a port in use? see above)"
-
+# start NAME [podman run options...]: run the image on the loopback ports, wait for /ready
+start() {
+    local name=$1 code=""
+    shift
+    started=$(date +%s.%N)
+    # --no-healthcheck: podman would schedule the image's HEALTHCHECK through systemd
+    # timers, which this machine lacks; the same probe is checked here directly.
+    # shellcheck disable=SC2086
+    pod run -d --name "$name" --no-healthcheck $PODMAN_LIMITS "$@" \
+        -p "127.0.0.1:$P_INF:8080" -p "127.0.0.1:$P_MGT:8081" -p "127.0.0.1:$P_MET:8082" -p "127.0.0.1:$P_HEALTH:8083" \
+        "$TAG" >/dev/null || die "podman run failed (a port in use? see above)"
+    for _ in $(seq 180); do
+        code=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$P_HEALTH/ready" || true)
+        [[ "$code" == "200" ]] && break
+        pod container exists "$name" && [[ "$(pod inspect -f '{{.State.Running}}' "$name")" == "true" ]] \
+            || { pod logs "$name" 2>&1 | tail -n 20 >&2; die "the container stopped (logs above)"; }
+        sleep 1
+    done
+    [[ "$code" == "200" ]] || { pod logs "$name" 2>&1 | tail -n 20 >&2; die "not ready after 180 s (logs above)"; }
+}
 elapsed() { echo "$(date +%s.%N) $started" | awk '{printf "%.1f", $1 - $2}'; }
-for _ in $(seq 180); do
-    code=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$P_HEALTH/ready" || true)
-    [[ "$code" == "200" ]] && break
-    pod container exists "$NAME" && [[ "$(pod inspect -f '{{.State.Running}}' "$NAME")" == "true" ]] \
-        || { pod logs "$NAME" 2>&1 | tail -n 20 >&2; die "the container stopped (logs above)"; }
-    sleep 1
-done
-[[ "$code" == "200" ]] || { pod logs "$NAME" 2>&1 | tail -n 20 >&2; die "not ready after 180 s (logs above)"; }
+
+# TOKEN_AUTH=off (behind a gateway): a verdict without a key, no management API outside.
+say "starting $TAG with TOKEN_AUTH=off as $NAME-noauth"
+start "$NAME-noauth" -e TOKEN_AUTH=off
+"$PYTHON" - "$work/noauth.jpg" <<'PY'
+import sys
+from PIL import Image
+Image.new("RGB", (320, 240), (200, 180, 160)).save(sys.argv[1], quality=90)
+PY
+answer=$(curl -s --noproxy '*' --max-time 60 -T "$work/noauth.jpg" "http://127.0.0.1:$P_INF/predictions/watermark")
+echo "$answer" | grep -q '"probability"' || die "TOKEN_AUTH=off: no verdict without a key: $answer"
+mgt=$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$P_MGT/models" || true)
+[[ "$mgt" == "000" ]] || die "TOKEN_AUTH=off: the management API answers from outside the container (HTTP $mgt)"
+pod stop -t 30 "$NAME-noauth" >/dev/null
+pod rm -f "$NAME-noauth" >/dev/null
+say "TOKEN_AUTH=off: checked in $(elapsed) s: a verdict without a key, management API not reachable from outside"
+
+say "starting $TAG as $NAME on 127.0.0.1:$P_INF (inference), :$P_MGT, :$P_MET, :$P_HEALTH (probes)"
+start "$NAME" -e DRAIN_TIMEOUT_S=25
 say "ready after $(elapsed) s (keyless probe http://127.0.0.1:$P_HEALTH/ready)"
 [[ "$(pod exec "$NAME" id -u)" == "10001" ]] || die "the container does not run as UID 10001"
 pod exec "$NAME" cat /home/model-server/key_file.json >"$work/keys.json"

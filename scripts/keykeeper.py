@@ -23,10 +23,14 @@ runs it too):
 * exits when key_file.json disappears after it was seen (``torchserve --stop`` deletes
   it), or on SIGTERM / SIGINT.
 
+With ``--no-auth`` (TorchServe started with ``--disable-token-auth``, as the container
+does with TOKEN_AUTH=off behind a gateway that authenticates) there are no keys: it only
+answers the probes, and runs until SIGTERM / SIGINT.
+
 Standard library only (it runs with the container's python3). Never goes through a proxy;
 TorchServe is reached on loopback only.
 
-    scripts/keykeeper.py [--config config.properties] [--key-file key_file.json]
+    scripts/keykeeper.py [--config config.properties] [--key-file key_file.json | --no-auth]
                          [--listen 127.0.0.1:8083] [--model watermark]
 """
 
@@ -98,9 +102,10 @@ class Keeper:
     """Renews keys on time and knows whether TorchServe is live and ready."""
 
     def __init__(
-        self, key_file: Path, inference: str, management: str, model: str, margin_s: float, timeout_s: float = 5.0
+        self, key_file: Path | None, inference: str, management: str, model: str, margin_s: float,
+        timeout_s: float = 5.0,
     ) -> None:
-        self.key_file = key_file
+        self.key_file = key_file  # None: token authorisation is off, no keys to keep
         self.inference = inference.rstrip("/")
         self.management = management.rstrip("/")
         self.model = model
@@ -112,8 +117,12 @@ class Keeper:
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
         self._lock = threading.Lock()
 
-    def _call(self, method: str, url: str, key: str) -> tuple[int, bytes]:
-        request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {key}"})
+    def _keys(self) -> dict[str, Any]:
+        return {} if self.key_file is None else read_keys(self.key_file)
+
+    def _call(self, method: str, url: str, key: str | None) -> tuple[int, bytes]:
+        headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+        request = urllib.request.Request(url, method=method, headers=headers)
         try:
             with self._opener.open(request, timeout=self.timeout_s) as resp:  # noqa: S310 (loopback)
                 return resp.status, resp.read(65536)
@@ -146,6 +155,8 @@ class Keeper:
 
     def tick(self) -> float:
         """Renew what is due; seconds until the next check."""
+        if self.key_file is None:
+            return 10.0
         keys = read_keys(self.key_file)
         waits = []
         for which in RENEWABLE:
@@ -162,7 +173,7 @@ class Keeper:
     def live(self) -> tuple[bool, str]:
         """TorchServe's frontend answers /ping (any HTTP answer: workers restart on their own)."""
         try:
-            status, _ = self._call("GET", f"{self.inference}/ping", read_keys(self.key_file)["inference"]["key"])
+            status, _ = self._call("GET", f"{self.inference}/ping", self._keys().get("inference", {}).get("key"))
         except (KeyFileError, OSError) as exc:
             return False, f"frontend not answering ({type(exc).__name__})"
         return status in (200, 500), f"/ping answered {status}"
@@ -172,12 +183,12 @@ class Keeper:
         if self.draining.is_set():
             return False, "draining: the server is shutting down"
         try:
-            keys = read_keys(self.key_file)
-            status, _ = self._call("GET", f"{self.inference}/ping", keys["inference"]["key"])
+            keys = self._keys()
+            status, _ = self._call("GET", f"{self.inference}/ping", keys.get("inference", {}).get("key"))
             if status != 200:
                 return False, f"/ping answered {status}"
             described = f"{self.management}/models/{urllib.parse.quote(self.model)}"
-            status, body = self._call("GET", described, keys["management"]["key"])
+            status, body = self._call("GET", described, keys.get("management", {}).get("key"))
         except (KeyFileError, OSError) as exc:
             return False, f"TorchServe not answering ({type(exc).__name__})"
         if status != 200:
@@ -252,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="TorchServe config (inference/management addresses); default config.properties")
     parser.add_argument("--key-file", type=Path, default=REPO_ROOT / "key_file.json",
                         help="key_file.json of the running server (default: the repo root's)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="TorchServe runs with --disable-token-auth: no keys to renew, probes send none")
     parser.add_argument("--listen", default="127.0.0.1:8083",
                         help="HOST:PORT of the keyless /live and /ready probes (default 127.0.0.1:8083; 'off': none)")
     parser.add_argument("--model", default="watermark", help="model whose workers /ready checks (default watermark)")
@@ -269,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config {args.config}: cannot read ({exc.strerror or exc})")
     inference = loopback_url(props.get("inference_address", "http://127.0.0.1:8080"), "inference_address")
     management = loopback_url(props.get("management_address", "http://127.0.0.1:8081"), "management_address")
-    keeper = Keeper(args.key_file, inference, management, args.model, args.renew_margin_s)
+    keeper = Keeper(None if args.no_auth else args.key_file, inference, management, args.model, args.renew_margin_s)
     server = None
     if args.listen != "off":
         host, _, port = args.listen.rpartition(":")
@@ -283,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: keeper.draining.set())  # only sets the flag: signal-safe
-    log.info("keeping %s (margin %.0f s), probes on %s", args.key_file, args.renew_margin_s, args.listen)
+    kept = "no keys (token authorisation off)" if args.no_auth else f"{args.key_file} (margin {args.renew_margin_s:.0f} s)"
+    log.info("keeping %s, probes on %s", kept, args.listen)
     return run(keeper, server, stop, args.wait_for_keys_s)
 
 

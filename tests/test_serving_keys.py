@@ -68,6 +68,13 @@ def test_probes_say_not_ready_when_torchserve_is_down(tmp_path):
     assert keeper.ready()[0] is False
 
 
+def test_without_auth_there_is_nothing_to_renew_and_probes_send_no_key(tmp_path):
+    dead = f"http://127.0.0.1:{sf.free_port()}"
+    keeper = keykeeper.Keeper(None, dead, dead, "watermark", 600, timeout_s=2)
+    assert keeper.tick() == 10.0  # no key file is read or needed
+    assert keeper.live() == (False, "frontend not answering (URLError)")
+
+
 # ----------------------------------------------------------- integration: real server
 
 @pytest.fixture(scope="module")
