@@ -45,6 +45,9 @@ image-test: venv  ## start the image on loopback ports, check verdicts, a bad bo
 image-ci: venv  ## CI's container step: image around an untrained model (build/ci), then image-test against it
 	@scripts/image_ci.sh
 
+deploy-check: venv  ## validate deploy/ (KServe and Kubernetes manifests) against the API models and this image's rules
+	$(PY) scripts/validate_deploy.py
+
 lint: venv
 	.venv/bin/hadolint Dockerfile
 

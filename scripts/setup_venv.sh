@@ -17,7 +17,7 @@ if [ "$version" != "3.11" ]; then
   echo "warning: Python $version found; the pins are tested on Python 3.11" >&2
 fi
 
-want=$(cat requirements-serve.txt requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-serve.txt requirements.txt requirements-dev.txt requirements-deploy.txt | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
   echo "venv up to date: $VENV"
   exit 0
@@ -30,6 +30,15 @@ trap 'rm -f "$log"' EXIT
 if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt >"$log" 2>&1; then
   grep -v "^WARNING: Location 'file:" "$log" >&2 || true
   echo "error: dependency install failed (see above); fix and rerun this script" >&2
+  exit 1
+fi
+# KServe's API models for scripts/validate_deploy.py, without the package's dependencies
+# (see requirements-deploy.txt), in a folder of their own.
+rm -rf "$VENV/kserve-sdk"
+if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$VENV/kserve-sdk" -r requirements-deploy.txt >"$log" 2>&1; then
+  grep -v "^WARNING: Location 'file:" "$log" >&2 || true
+  echo "error: installing requirements-deploy.txt into $VENV/kserve-sdk failed (see above)" >&2
   exit 1
 fi
 echo "$want" > "$STAMP"
