@@ -50,6 +50,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from handler.preprocess import PreprocessSpec, bytes_to_tensor  # noqa: E402
+from train.io import write_text_atomic  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -466,10 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         header += ["", "## Served by TorchServe (HTTP end to end)", "", fmt_table(served_rows, list(served_rows[0]))]
     header += ["", "## Targets", "", fmt_table(target_rows(pre, served_rows, ts8), ["target", "measured", "result"])]
     report = "\n".join(header) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(args.out.name + ".tmp")
-    tmp_out.write_text(report, encoding="utf-8")
-    tmp_out.replace(args.out)
+    write_text_atomic(args.out, report)
     print()
     print(report)
     print(f"written: {args.out} ({time.time() - started:.0f} s)")

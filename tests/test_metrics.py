@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from train import metrics as metrics_lib
 from train.metrics import binary_metrics, choose_threshold, confusion_figure, pr_curve_figure
 
 LABELS = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
@@ -67,3 +68,47 @@ def test_target_fpr_says_when_too_few_clean_photos_resolve_it() -> None:
     enough = choose_threshold(LABELS, PROBS, "target-fpr", 0.1)
     assert "only" not in enough.note
     assert "only" not in choose_threshold(LABELS, PROBS, "target-fpr", 0.0).note
+
+
+def _reference_choice(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None) -> tuple[float, str]:
+    """The former implementation: every metric recomputed at every candidate (quadratic)."""
+    table = [(t, binary_metrics(labels, probs, t)) for t in metrics_lib._candidates(probs)]
+    if rule == "target-fpr":
+        ok = [(t, m) for t, m in table if m["fpr"] <= target]
+        if not ok:
+            t, m = min(table, key=lambda tm: (tm[1]["fpr"], -tm[0]))
+            return float(t), f"lowest FPR {m['fpr']:.3f}, recall {m['recall']:.3f}"
+        t, m = min(ok, key=lambda tm: tm[0])
+        return float(t), f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}"
+    best_t, best_m = max(table, key=lambda tm: (tm[1]["f1"], tm[0]))
+    if rule == "max-f1":
+        return float(best_t), f"validation F1 {best_m['f1']:.3f}"
+    ok = [(t, m) for t, m in table if m["precision"] >= target and m["tp"] > 0]
+    if not ok:
+        return float(best_t), "unreachable"
+    t, m = min(ok, key=lambda tm: tm[0])
+    return float(t), f"validation precision {m['precision']:.3f}, recall {m['recall']:.3f}"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_one_pass_threshold_rules_match_the_quadratic_ones(seed: int) -> None:
+    """Random, heavily tied, saturated and separable scores: the same threshold and note."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 300))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [0, 1]
+    kind = seed % 4
+    if kind == 0:
+        probs = rng.random(n)
+    elif kind == 1:
+        probs = rng.integers(0, 6, n) / 5  # few distinct values, 0 and 1 included: many ties
+    elif kind == 2:
+        probs = np.where(rng.random(n) < 0.5, 1.0, rng.random(n).round(2))  # saturated
+    else:
+        probs = np.clip(labels * 0.6 + rng.random(n) * 0.5, 0, 1)  # nearly separable
+    for rule, target in (("target-fpr", 0.0), ("target-fpr", 0.02), ("target-fpr", 0.3), ("max-f1", None),
+                         ("target-precision", 0.9), ("target-precision", 1.0)):
+        got = choose_threshold(labels, probs, rule, target)
+        threshold, note = _reference_choice(labels, probs, rule, target)
+        assert got.threshold == threshold, (rule, target)
+        assert note in got.note, (rule, target, got.note, note)

@@ -21,6 +21,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from train.io import default_tracking_uri
 from train.metrics import THRESHOLD_RULES
 from train.model import BLOCKS, HEAD, POOLS
 
@@ -206,7 +207,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     elif args.output is None and os.environ.get("MLFLOW_TRACKING_URI"):
         uri = os.environ["MLFLOW_TRACKING_URI"]
     else:
-        uri = registry.default_tracking_uri(args.output or "artifacts")
+        uri = default_tracking_uri(args.output or "artifacts")
     if args.action == "list":
         versions = registry.list_versions(uri, args.name)
         print(f"{'version':>7}  {'aliases':<22} {'threshold':>9} {'size':>5}  run")

@@ -53,10 +53,8 @@ import importlib.util
 import io
 import json
 import logging
-import os
 import random
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -67,6 +65,7 @@ from PIL import Image, ImageOps
 
 from train import synth
 from train.duplicates import write_pairs_file
+from train.io import staged_folder
 
 __all__ = ["BasePhoto", "base_photo_paths", "build_demo_dataset", "find_base_photos", "main"]
 
@@ -422,20 +421,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _swap_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        tmp_dir.rename(out_dir)
-        return
-    old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(old)
-    try:
-        tmp_dir.rename(out_dir)
-    except BaseException:
-        old.rename(out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def build_demo_dataset(
     out_dir: Path,
     *,
@@ -450,7 +435,8 @@ def build_demo_dataset(
     """Write the demo dataset (layout in the module docstring) and return its manifest.
 
     Args:
-        out_dir: folder to create; built as ``<out_dir>.tmp-<pid>`` beside it, then renamed.
+        out_dir: folder to create; built in a staging folder beside it, then swapped in
+            (:func:`train.io.staged_folder`).
         seed: seeds crops, watermarks, scene text, the split and the test shuffle.
         crops_per_photo: crops taken from each base photo (each gives a clean and a
             watermarked image).
@@ -490,10 +476,7 @@ def build_demo_dataset(
         )
 
     started = time.monotonic()
-    tmp_dir = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
-    try:
+    with staged_folder(out_dir) as tmp_dir:
         manifest = _build_into(
             tmp_dir,
             photos,
@@ -505,10 +488,6 @@ def build_demo_dataset(
             eval_crops_per_photo=eval_crops_per_photo,
         )
         _check_out_dir(out_dir, overwrite)  # someone may have written there meanwhile
-        _swap_into_place(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     counts = manifest["counts"]
     evals = ", ".join(
         f"{name} {sum(meta['counts'].values())}" for name, meta in manifest["eval"].items()

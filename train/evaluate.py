@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,7 +49,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from handler.preprocess import ImageDecodeError, load_image_file
 from train.metrics import binary_metrics, confusion_figure, pr_curve_figure
-from train.predict import format_probability, list_images, quiet_load_export, score_files, write_csv_atomic
+from train.io import default_tracking_uri, sqlite_path, staged_folder, write_csv_atomic, write_json_atomic
+from train.predict import format_probability, list_images, quiet_load_export, score_files
 
 log = logging.getLogger(__name__)
 
@@ -330,19 +330,6 @@ def _refuse_dangerous_out(out_dir: Path, data: Path, export_dir: Path) -> None:
             raise ValueError(f"--out {out_dir}: would replace {what} {other}; choose another output folder")
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{int(time.time() * 1000)}")
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-
-
 def _metric_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or "eval"
 
@@ -364,10 +351,10 @@ def resolve_tracking_uri(tracking_uri: str | None, export_dir: Path) -> str:
         if config.get("tracking_uri"):
             uri = config["tracking_uri"]
         elif config.get("output"):
-            uri = f"sqlite:///{(Path(config['output']) / 'mlflow' / 'mlflow.db').resolve()}"
+            uri = default_tracking_uri(config["output"])
         else:
             raise ValueError("--mlflow-run needs --tracking-uri (the bundle does not record its MLflow store)")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+    if (db := sqlite_path(uri)) is not None and not db.is_file():
         raise ValueError(f"--tracking-uri {uri}: no such SQLite store (MLflow would create an empty one)")
     return uri
 
@@ -498,19 +485,12 @@ def evaluate_folder(
         "worst_false_negatives": [{"file": scored[i].file, "probability": float(probs[i])} for i in fn_idx[:SHEET_MAX]],
     }
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         files = _write_outputs(
             staging, result, items, probs_all, errors, style_columns, scored, labels, probs, fp_idx, fn_idx, both
         )
         result["files"] = files
-        (staging / "metrics.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json_atomic(staging / "metrics.json", result, sort_keys=False, allow_nan=False)
     result["out_dir"] = str(out_dir)
     if client is not None:
         result["mlflow"] = {"tracking_uri": uri, **log_to_mlflow(client, mlflow_run_id, out_dir, result, name)}

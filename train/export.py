@@ -15,9 +15,8 @@ never leaves a half-written bundle that a later step could trust.
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from handler.preprocess import SPEC_FILE, PreprocessSpec
+from train.io import staged_folder, write_bytes_atomic, write_json_atomic
 
 MODEL_FILE = "model.pt"
 THRESHOLD_FILE = "threshold.json"
@@ -35,12 +35,6 @@ DEFAULT_TOLERANCE = 1e-4
 
 class ExportError(RuntimeError):
     """The traced model disagrees with the eager one, or the bundle is invalid."""
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def trace_model(model: nn.Module, spec: PreprocessSpec) -> torch.jit.ScriptModule:
@@ -111,31 +105,13 @@ def export_model(
     if not diff <= tolerance:
         raise ExportError(f"traced model differs from eager by {diff:.3g} > tolerance {tolerance:.3g}; nothing exported")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{int(time.time() * 1000)}")
-    staging.mkdir()
-    try:
+    with staged_folder(out_dir) as staging:
         traced.save(str(staging / MODEL_FILE))
         write_json_atomic(staging / SPEC_FILE, spec.to_dict())
         write_json_atomic(staging / THRESHOLD_FILE, threshold)
         parity = {"max_abs_diff": diff, "tolerance": tolerance}
         write_json_atomic(staging / INFO_FILE, {**(info or {}), "parity": parity})
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"max_abs_diff": diff, "tolerance": tolerance, "path": str(out_dir)}
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Replace ``target`` by ``staging``; the old folder is removed only after the swap."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{int(time.time() * 1000)}")
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_export(export_dir: Path) -> tuple[torch.jit.ScriptModule, PreprocessSpec, dict[str, Any]]:
@@ -179,32 +155,29 @@ def export_onnx(
     model, spec, _ = load_export(export_dir)
     size = spec.image_size
     example = torch.zeros(2, 3, size, size)
-    staging = export_dir / f".{ONNX_FILE}.tmp-{int(time.time() * 1000)}"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
-            torch.onnx.export(
-                model, (example,), str(staging), dynamo=False, opset_version=opset, input_names=["input"],
-                output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, torch.get_num_threads())
-        session = ort.InferenceSession(str(staging), options, providers=["CPUExecutionProvider"])
-        worst = 0.0
-        with torch.no_grad():
-            for batch in parity_inputs(spec, real_inputs):
-                expected = model(batch).numpy()
-                got = session.run(None, {"input": batch.numpy()})[0]
-                if got.shape != expected.shape:
-                    raise ExportError(f"ONNX output shape {got.shape} differs from TorchScript {expected.shape}")
-                worst = max(worst, float(abs(got - expected).max()))
-        if not worst <= tolerance:
-            raise ExportError(f"ONNX model differs from TorchScript by {worst:.3g} > tolerance {tolerance:.3g}; nothing written")
-        info_path = export_dir / INFO_FILE
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-        info["onnx"] = {"file": ONNX_FILE, "opset": opset, "max_abs_diff": worst, "tolerance": tolerance, "onnxruntime": ort.__version__}
-        staging.replace(export_dir / ONNX_FILE)
-        write_json_atomic(info_path, info)
-    finally:
-        staging.unlink(missing_ok=True)
+    onnx_bytes = io.BytesIO()  # checked in memory first: nothing is written unless it passes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
+        torch.onnx.export(
+            model, (example,), onnx_bytes, dynamo=False, opset_version=opset, input_names=["input"],
+            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    session = ort.InferenceSession(onnx_bytes.getvalue(), options, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for batch in parity_inputs(spec, real_inputs):
+            expected = model(batch).numpy()
+            got = session.run(None, {"input": batch.numpy()})[0]
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX output shape {got.shape} differs from TorchScript {expected.shape}")
+            worst = max(worst, float(abs(got - expected).max()))
+    if not worst <= tolerance:
+        raise ExportError(f"ONNX model differs from TorchScript by {worst:.3g} > tolerance {tolerance:.3g}; nothing written")
+    info_path = export_dir / INFO_FILE
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    info["onnx"] = {"file": ONNX_FILE, "opset": opset, "max_abs_diff": worst, "tolerance": tolerance, "onnxruntime": ort.__version__}
+    write_bytes_atomic(export_dir / ONNX_FILE, onnx_bytes.getvalue())
+    write_json_atomic(info_path, info)
     return {"max_abs_diff": worst, "tolerance": tolerance, "path": str(export_dir / ONNX_FILE), "opset": opset}

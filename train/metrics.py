@@ -61,8 +61,42 @@ def _candidates(probs: np.ndarray) -> np.ndarray:
     return np.unique(np.clip(cands, tiny, 1.0 - tiny))
 
 
+@dataclass(frozen=True)
+class _Sweep:
+    """Counts and rates at every candidate threshold (ascending), from one sort of the scores."""
+
+    thresholds: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    fpr: np.ndarray
+
+
+def _sweep(labels: np.ndarray, probs: np.ndarray) -> _Sweep:
+    """The same precision, recall, F1 and FPR that :func:`binary_metrics` gives at each
+    candidate threshold (predicted positive: ``prob >= threshold``), in O(n log n)."""
+    thresholds = _candidates(probs)
+    positives = np.sort(probs[labels == 1])
+    negatives = np.sort(probs[labels == 0])
+    tp = len(positives) - np.searchsorted(positives, thresholds, side="left")
+    fp = len(negatives) - np.searchsorted(negatives, thresholds, side="left")
+    fn = len(positives) - tp
+    tn = len(negatives) - fp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        fpr = np.where(fp + tn > 0, fp / (fp + tn), 0.0)
+    return _Sweep(thresholds, tp, fp, precision, recall, f1, fpr)
+
+
 def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: float | None = None) -> ThresholdChoice:
     """Pick the decision threshold on validation scores.
+
+    Every candidate (halfway between consecutive distinct scores, plus one below and one
+    above all) is scored in one pass over the sorted scores.
 
     Rules:
         ``target-fpr`` (default): the lowest threshold whose false-positive rate on
@@ -78,20 +112,21 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: f
     probs = np.asarray(probs, dtype=np.float64)
     if len(set(labels.tolist())) < 2:
         raise ValueError("choosing a threshold needs validation images of both classes")
-    cands = _candidates(probs)
-    table = [(t, binary_metrics(labels, probs, t)) for t in cands]
+    sweep = _sweep(labels, probs)
+    cands = sweep.thresholds
     if rule == "target-fpr":
         target = 0.02 if target is None else target
         if not 0.0 <= target < 1.0:
             raise ValueError(f"target FPR {target!r}: allowed is 0 <= target < 1")
-        ok = [(t, m) for t, m in table if m["fpr"] <= target]
-        if not ok:  # negatives score as high as anything can: take the lowest FPR
-            t, m = min(table, key=lambda tm: (tm[1]["fpr"], -tm[0]))
+        ok = np.flatnonzero(sweep.fpr <= target)
+        if len(ok) == 0:  # negatives score as high as anything can: take the lowest FPR (ties: highest threshold)
+            i = np.flatnonzero(sweep.fpr == sweep.fpr.min())[-1]
             return ThresholdChoice(
-                float(t), rule, target, f"FPR {target} unreachable on validation; lowest FPR {m['fpr']:.3f}, recall {m['recall']:.3f}"
+                float(cands[i]), rule, target,
+                f"FPR {target} unreachable on validation; lowest FPR {sweep.fpr[i]:.3f}, recall {sweep.recall[i]:.3f}",
             )
-        t, m = min(ok, key=lambda tm: tm[0])
-        note = f"validation FPR {m['fpr']:.3f} <= {target}, recall {m['recall']:.3f}"
+        i = ok[0]  # candidates ascend: the lowest threshold that meets the target
+        note = f"validation FPR {sweep.fpr[i]:.3f} <= {target}, recall {sweep.recall[i]:.3f}"
         negatives = int((labels == 0).sum())
         if 0 < target and negatives * target < 1:
             note += (
@@ -99,20 +134,22 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str, target: f
                 f"threshold rests on the single highest-scoring clean photo (use >= {int(np.ceil(1 / target)) * 5} "
                 "clean validation photos for a stable threshold)"
             )
-        return ThresholdChoice(float(t), rule, target, note)
-    best_f1_t, best_f1_m = max(table, key=lambda tm: (tm[1]["f1"], tm[0]))
+        return ThresholdChoice(float(cands[i]), rule, target, note)
+    best = np.flatnonzero(sweep.f1 == sweep.f1.max())[-1]  # ties: the higher threshold
     if rule == "max-f1":
-        return ThresholdChoice(float(best_f1_t), rule, None, f"validation F1 {best_f1_m['f1']:.3f}")
+        return ThresholdChoice(float(cands[best]), rule, None, f"validation F1 {sweep.f1[best]:.3f}")
     target = 0.95 if target is None else target
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target precision {target!r}: allowed is 0 < target <= 1")
-    ok = [(t, m) for t, m in table if m["precision"] >= target and m["tp"] > 0]
-    if not ok:
+    ok = np.flatnonzero((sweep.precision >= target) & (sweep.tp > 0))
+    if len(ok) == 0:
         return ThresholdChoice(
-            float(best_f1_t), rule, target, f"precision {target} unreachable on validation; used max-F1 threshold"
+            float(cands[best]), rule, target, f"precision {target} unreachable on validation; used max-F1 threshold"
         )
-    t, m = min(ok, key=lambda tm: tm[0])
-    return ThresholdChoice(float(t), rule, target, f"validation precision {m['precision']:.3f}, recall {m['recall']:.3f}")
+    i = ok[0]
+    return ThresholdChoice(
+        float(cands[i]), rule, target, f"validation precision {sweep.precision[i]:.3f}, recall {sweep.recall[i]:.3f}"
+    )
 
 
 def confusion_figure(metrics: dict[str, float], title: str = "confusion matrix"):

@@ -17,10 +17,7 @@ differently and verdicts at that threshold are not what the server answers.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -34,6 +31,7 @@ from tqdm import tqdm
 
 from handler.preprocess import ImageDecodeError, PreprocessSpec, image_to_tensor, load_image_file, sigmoid
 from train.data import IMAGE_SUFFIXES
+from train.io import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -177,22 +175,6 @@ def score_files(
     if errors:
         log.warning("skipped %d unreadable file(s) of %d", len(errors), len(paths))
     return probs, errors
-
-
-def write_csv_atomic(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Write a CSV next to ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{int(time.time() * 1000)}")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows(rows)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def refuse_existing(path: Path, what: str = "output") -> None:

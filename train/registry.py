@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from train.io import default_tracking_uri, sqlite_path, swap_folder, write_json_atomic
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
@@ -49,11 +51,6 @@ class RegisteredVersion:
         return asdict(self)
 
 
-def default_tracking_uri(output: str | Path = "artifacts") -> str:
-    """The embedded store ``train`` writes by default: ``OUTPUT/mlflow/mlflow.db``."""
-    return f"sqlite:///{(Path(output) / 'mlflow' / 'mlflow.db').resolve()}"
-
-
 def _client(tracking_uri: str):
     import os
 
@@ -61,8 +58,7 @@ def _client(tracking_uri: str):
 
     # Bundles are a few files: MLflow's download progress bars would only be noise.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
+    if (db := sqlite_path(tracking_uri)) is not None:
         if not db.is_file():
             raise RegistryError(
                 f"--tracking-uri {tracking_uri}: no MLflow store at {db}; train with --register first "
@@ -203,15 +199,8 @@ def fetch(tracking_uri: str, uri: str, out_dir: Path, *, overwrite: bool = False
         info_path = local / "model_info.json"
         info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         info["registry"] = {"name": version.name, "version": version.version, "uri": uri, "run_id": version.run_id, "aliases": version.aliases}
-        info_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            local.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            local.rename(out_dir)
+        write_json_atomic(info_path, info)
+        swap_folder(local, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version

@@ -7,7 +7,6 @@ compare runs, and takes optional hooks for a parent MLflow run and per-epoch rep
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -31,6 +30,7 @@ from train import export as export_lib
 from train import metrics as metrics_lib
 from train import model as model_lib
 from train import overlay as overlay_lib
+from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_with
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +222,8 @@ def output_paths(config: TrainConfig) -> dict[str, Path]:
     }
 
 
-def default_tracking_uri(output: Path) -> str:
-    """Embedded MLflow store (SQLite file, no server) under the output folder."""
-    return f"sqlite:///{(output / 'mlflow' / 'mlflow.db').resolve()}"
-
-
 def save_checkpoint_atomic(state: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_with(path, lambda handle: torch.save(state, handle))
 
 
 def resolve_pos_weight(config: TrainConfig, samples: list[data_lib.Sample]) -> float:
@@ -385,8 +377,8 @@ class Tracker:
         self.mlflow = mlflow
         paths = output_paths(config)
         uri = config.tracking_uri or default_tracking_uri(paths["root"])
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if (db := sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
         experiment = mlflow.get_experiment_by_name(config.experiment)
         if experiment is None:
@@ -666,7 +658,7 @@ def train(
             "seconds": {"cache": round(cache_seconds, 1), "until_best_model": round(time.time() - started, 1)},
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
-        export_lib.write_json_atomic(paths["reports"] / "metrics.json", summary)
+        write_json_atomic(paths["reports"] / "metrics.json", summary)
         tracker.log_artifact(paths["reports"] / "metrics.json", "reports")
 
         export_dir = None
@@ -716,16 +708,6 @@ def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> None:
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
         raise ValueError(f"--resume: options differ from the checkpoint ({details}); rerun with the original values or without --resume")
-
-
-def read_json_option(path: Path, option: str) -> Any:
-    """The JSON content of a file given as ``option``; errors name the option and the file."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{option} {path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{option} {path}: not valid JSON ({exc})") from None
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

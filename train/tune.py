@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from train.export import write_json_atomic
-from train.train import TrainConfig, TrainingStopped, default_tracking_uri, read_json_option, train
+from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
+from train.train import TrainConfig, TrainingStopped, train
 
 log = logging.getLogger(__name__)
 
@@ -247,8 +247,8 @@ def open_storage(url: str, heartbeat_seconds: int):
     # an interrupted trial recoverable, so the warning is expected.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if (db := sqlite_path(url)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(
             url,
             engine_kwargs={"pool_pre_ping": True},
@@ -273,8 +273,8 @@ def check_tracking(uri: str) -> None:
     try:
         for key, value in quick.items():
             os.environ.setdefault(key, value)
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if (db := sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any store error is reported the same way
         reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -347,9 +347,7 @@ def write_trials_csv(study: Any, path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _finished(study: Any) -> int:
