@@ -30,7 +30,8 @@ from train import export as export_lib
 from train import metrics as metrics_lib
 from train import model as model_lib
 from train import overlay as overlay_lib
-from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_with
+from train.io import read_json_option, write_json_atomic, write_with
+from train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -363,67 +364,6 @@ def _score(metrics: dict[str, float], name: str) -> float:
     return -1.0 if value is None or math.isnan(value) else float(value)
 
 
-# ---------------------------------------------------------------- mlflow
-
-
-class Tracker:
-    """Thin MLflow wrapper: one run, resumable; imported lazily (no side effects at import)."""
-
-    def __init__(
-        self, config: TrainConfig, run_id: str | None, *, parent_run_id: str | None = None, tags: dict[str, str] | None = None
-    ) -> None:
-        import mlflow
-
-        self.mlflow = mlflow
-        paths = output_paths(config)
-        uri = config.tracking_uri or default_tracking_uri(paths["root"])
-        if (db := sqlite_path(uri)) is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
-        experiment = mlflow.get_experiment_by_name(config.experiment)
-        if experiment is None:
-            location = None
-            if not config.tracking_uri:
-                location = (paths["mlflow"] / "artifacts").resolve().as_uri()
-            experiment_id = mlflow.create_experiment(config.experiment, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
-        self.run = mlflow.start_run(
-            run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=config.run_name,
-            nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=tags,
-        )
-        self.run_id = self.run.info.run_id
-        self.uri = uri
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        existing = self.mlflow.get_run(self.run_id).data.params
-        fresh = {k: str(v)[:500] for k, v in params.items() if k not in existing}
-        if fresh:
-            self.mlflow.log_params(fresh)
-
-    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self.mlflow.log_metrics(clean, step=step)
-
-    def log_figure(self, figure: Any, name: str) -> None:
-        import matplotlib.pyplot as plt
-
-        self.mlflow.log_figure(figure, name)
-        plt.close(figure)
-
-    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
-        self.mlflow.log_artifacts(str(folder), artifact_path)
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.mlflow.log_artifact(str(path), artifact_path)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        self.mlflow.set_tags(tags)
-
-    def end(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
-
-
 # ---------------------------------------------------------------- main loop
 
 
@@ -436,6 +376,60 @@ def subsample_groups(samples: list[data_lib.Sample], fraction: float, seed: int)
     return [s for s in samples if s.group in keep]
 
 
+@dataclass
+class Run:
+    """What every phase of one run shares."""
+
+    config: TrainConfig
+    paths: dict[str, Path]
+    started: float
+    prefix: str  # of the progress bars, e.g. "trial 3 "
+
+
+@dataclass
+class PreparedData:
+    splits: data_lib.DataSplits
+    counts: dict[str, int]
+    reports: list[Path]  # written under reports/, logged to MLflow
+
+
+@dataclass
+class Network:
+    model: model_lib.WatermarkNet
+    normalization: str
+    spec: PreprocessSpec
+    runtime: model_lib.Runtime
+
+
+@dataclass
+class Inputs:
+    """Model inputs of every split, cached up to ``start`` where the cache is on."""
+
+    train_set: Dataset
+    val_set: Dataset
+    start: int  # block index the cached inputs enter at (0: pixels)
+    cut: int
+    val_labels: np.ndarray
+    sampler: data_lib.PairBatchSampler
+    loader: DataLoader
+    head: tuple[DataLoader, Dataset] | None  # the whole backbone cached, for the head-only epochs
+    holdout: tuple[Dataset, np.ndarray] | None  # for the held-out curve (reports only)
+    seconds: float
+
+
+@dataclass
+class Progress:
+    """Where the epoch loop stands: restored on resume, updated every epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float = -math.inf
+    bad_epochs: int = 0
+    first_epoch: int = 0
+    run_id: str | None = None
+    best_state: dict[str, Any] | None = None  # the best epoch's checkpoint, kept in memory
+    stopped_early: bool = False
+
+
 def train(
     config: TrainConfig,
     *,
@@ -445,6 +439,10 @@ def train(
     label: str = "",
 ) -> TrainResult:
     """Train, select the best epoch, choose the threshold, export; returns the best score.
+
+    The phases, in order: resume state, data, network, cached inputs, optimiser (and its
+    restored state), the epoch loop, the best epoch's threshold and report, export,
+    registry. Each is a function below.
 
     Args:
         config: every option of the run.
@@ -458,23 +456,60 @@ def train(
         TrainingStopped: when ``on_epoch`` asked to stop.
     """
     config.validate()
-    started = time.time()
-    paths = output_paths(config)
+    run = Run(config, output_paths(config), time.time(), f"{label} " if label else "")
     for key in ("root", "checkpoints", "reports"):
-        paths[key].mkdir(parents=True, exist_ok=True)
-    last_path = paths["checkpoints"] / "last.pt"
-    best_path = paths["checkpoints"] / "best.pt"
-
-    resume_state = None
-    if config.resume:
-        if not last_path.is_file():
-            raise FileNotFoundError(f"--resume: {last_path} does not exist; start without --resume")
-        resume_state = torch.load(last_path, map_location="cpu", weights_only=False)
-        _check_resume_config(resume_state["config"], config)
-    elif last_path.exists():
-        log.info("starting fresh: %s will be overwritten (use --resume to continue it)", last_path)
-
+        run.paths[key].mkdir(parents=True, exist_ok=True)
+    resume_state = load_resume_state(run)
     seed_everything(config.seed)
+    data = prepare_data(run)
+    net = build_network(config, resume_state)
+    inputs = build_training_inputs(run, net, data.splits, resumed_epochs=resume_state["epoch"] + 1 if resume_state else 0)
+    pos_weight = resolve_pos_weight(config, data.splits.train)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=net.runtime.device))
+    optimizer = build_optimizer(net.model, config)
+    progress = restore_progress(optimizer, resume_state, config)
+    tracker = Tracker(
+        config.tracking_uri, run.paths["root"], config.experiment, run_id=progress.run_id, run_name=config.run_name,
+        parent_run_id=parent_run_id, tags=run_tags,
+    )
+    status = "FAILED"
+    try:
+        log_run_start(tracker, run, data, net, inputs, pos_weight)
+        run_epochs(run, net, inputs, optimizer, criterion, progress, tracker, on_epoch)
+        best, val_scores, choice = finalise(run, net, inputs, progress, tracker, data.counts)
+        export_dir = export_best(run, net, data.splits, best, val_scores, choice, tracker) if config.export else None
+        registered = register_export(config, tracker, progress.best_score) if config.register else None
+        status = "FINISHED"
+        return TrainResult(
+            best_score=progress.best_score, select_metric=config.select_metric, val_metrics=val_scores,
+            threshold=choice.to_dict(), epochs_run=len(progress.history), export_dir=export_dir,
+            run_id=tracker.run_id, history=progress.history,
+            registered_version=registered.version if registered else None,
+        )
+    except TrainingStopped:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
+def load_resume_state(run: Run) -> dict[str, Any] | None:
+    """``last.pt`` with ``--resume`` (its options must match), else None."""
+    last_path = run.paths["checkpoints"] / "last.pt"
+    if not run.config.resume:
+        if last_path.exists():
+            log.info("starting fresh: %s will be overwritten (use --resume to continue it)", last_path)
+        return None
+    if not last_path.is_file():
+        raise FileNotFoundError(f"--resume: {last_path} does not exist; start without --resume")
+    state = torch.load(last_path, map_location="cpu", weights_only=False)
+    _check_resume_config(state["config"], run.config)
+    return state
+
+
+def prepare_data(run: Run) -> PreparedData:
+    """Scan and split the data, add overlays, write the data reports; counts for MLflow."""
+    config, reports_dir = run.config, run.paths["reports"]
     splits = data_lib.load_splits(
         Path(config.data), val_fraction=config.val_fraction, seed=config.seed, holdout_fraction=config.holdout_fraction,
         relabel=Path(config.relabel) if config.relabel else None,
@@ -482,20 +517,22 @@ def train(
     splits.train = subsample_groups(splits.train, config.train_fraction, config.seed)
     if config.overlay_negatives:
         splits.train = overlay_lib.overlay_negatives(
-            splits.train, paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
+            splits.train, run.paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
         )
-    skipped_csv = data_lib.write_skipped_report(splits.skipped, paths["reports"] / "skipped.csv")
-    duplicates_csv = data_lib.write_data_report(splits.report, paths["reports"] / "duplicates.csv")  # logs its counts
-    relabelled_csv = paths["reports"] / "relabelled.csv"
+    skipped_csv = data_lib.write_skipped_report(splits.skipped, reports_dir / "skipped.csv")
+    reports = [skipped_csv, data_lib.write_data_report(splits.report, reports_dir / "duplicates.csv")]  # logs its counts
+    relabelled_csv, holdout_csv = reports_dir / "relabelled.csv", reports_dir / "holdout.csv"
     if config.relabel:
         data_lib.write_relabel_report(splits.relabelled, relabelled_csv)
-    elif relabelled_csv.exists():
-        relabelled_csv.unlink()  # a stale list from an earlier run would claim labels this run did not change
-    holdout_csv = paths["reports"] / "holdout.csv"
+    else:
+        relabelled_csv.unlink(missing_ok=True)  # a stale list from an earlier run would claim labels this run did not change
     if splits.holdout:
         data_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
-    elif holdout_csv.exists():
-        holdout_csv.unlink()  # a stale list from an earlier run would be evaluated as if held out
+        reports.append(holdout_csv)
+    else:
+        holdout_csv.unlink(missing_ok=True)  # a stale list from an earlier run would be evaluated as if held out
+    if config.relabel:
+        reports += [relabelled_csv, Path(config.relabel)]
     counts = {
         "train_positive": sum(s.label for s in splits.train),
         "train_negative": sum(1 - s.label for s in splits.train),
@@ -508,193 +545,221 @@ def train(
         **splits.report.counts(),
     }
     log.info("data: %s (validation from %s); skipped %d files, listed in %s", counts, splits.val_source, len(splits.skipped), skipped_csv)
+    return PreparedData(splits, counts, reports)
 
+
+def build_network(config: TrainConfig, resume_state: dict[str, Any] | None) -> Network:
+    """The model with its backbone weights (or the resumed ones), on the run's device."""
     model, normalization = model_lib.build_model(config.weights, pool=config.pool, dropout=config.dropout)
     spec = PreprocessSpec.for_weights(normalization, image_size=config.image_size, resize=config.resize)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
     runtime = config.runtime()
-    model = runtime.prepare(model)
+    return Network(runtime.prepare(model), normalization, spec, runtime)
 
-    cut = model_lib.block_index(config.unfreeze_from) if config.cache else 0
-    cut = min(cut, len(model_lib.BLOCKS))
-    views = cache_lib.views_for(config.augment)
-    prefix = f"{label} " if label else ""
+
+def build_training_inputs(run: Run, net: Network, splits: data_lib.DataSplits, *, resumed_epochs: int) -> Inputs:
+    """Datasets and loaders of every split, from the feature cache where it is on.
+
+    Features of the frozen blocks come from the pretrained (or resumed) weights, which
+    stay unchanged for the whole run because those blocks never train. During the head
+    stage nothing in the backbone trains, so the whole backbone's output is cached too.
+    """
+    config, prefix = run.config, run.prefix
+    cut = min(model_lib.block_index(config.unfreeze_from) if config.cache else 0, len(model_lib.BLOCKS))
+    train_items = make_items(splits.train, cache_lib.views_for(config.augment))
+    val_items = make_items(splits.val, ("orig",))
     t0 = time.time()
-    # Features of the frozen blocks come from the pretrained (resumed) weights, which
-    # stay unchanged for the whole run because those blocks never train.
-    train_set, start = build_inputs(model, make_items(splits.train, views), spec, config, cut, f"{prefix}cache train")
-    val_set, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, cut, f"{prefix}cache val")
-    val_labels = np.array([s.label for s in splits.val], dtype=int)
-    holdout_inputs = None
+    train_set, start = build_inputs(net.model, train_items, net.spec, config, cut, f"{prefix}cache train")
+    val_set, _ = build_inputs(net.model, val_items, net.spec, config, cut, f"{prefix}cache val")
+    holdout = None
     if config.holdout_curve:
-        holdout_set, _ = build_inputs(model, make_items(splits.holdout, ("orig",)), spec, config, cut, f"{prefix}cache holdout")
-        holdout_inputs = (holdout_set, np.array([s.label for s in splits.holdout], dtype=int))
-    train_groups = [s.batch_key for s, _ in make_items(splits.train, views)]
-    sampler = data_lib.PairBatchSampler(train_groups, config.batch_size, seed=config.seed)
+        holdout_set, _ = build_inputs(net.model, make_items(splits.holdout, ("orig",)), net.spec, config, cut, f"{prefix}cache holdout")
+        holdout = (holdout_set, np.array([s.label for s in splits.holdout], dtype=int))
+    sampler = data_lib.PairBatchSampler([s.batch_key for s, _ in train_items], config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)
-    # During the head stage nothing in the backbone trains, so the whole backbone's
-    # output can come from the cache too (shared by every run with these weights).
-    head_inputs = None
+    head = None
     end = len(model_lib.BLOCKS)
-    resumed_epochs = resume_state["epoch"] + 1 if resume_state is not None else 0
     if config.cache and cut < end and resumed_epochs < config.head_epochs:
-        head_train, _ = build_inputs(model, make_items(splits.train, views), spec, config, end, f"{prefix}cache head train")
-        head_val, _ = build_inputs(model, make_items(splits.val, ("orig",)), spec, config, end, f"{prefix}cache head val")
-        head_inputs = (DataLoader(head_train, batch_sampler=sampler, num_workers=config.num_workers), head_val)
-    cache_seconds = time.time() - t0
+        head_train, _ = build_inputs(net.model, train_items, net.spec, config, end, f"{prefix}cache head train")
+        head_val, _ = build_inputs(net.model, val_items, net.spec, config, end, f"{prefix}cache head val")
+        head = (DataLoader(head_train, batch_sampler=sampler, num_workers=config.num_workers), head_val)
+    val_labels = np.array([s.label for s in splits.val], dtype=int)
+    return Inputs(train_set, val_set, start, cut, val_labels, sampler, loader, head, holdout, time.time() - t0)
 
-    pos_weight = resolve_pos_weight(config, splits.train)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([pos_weight], device=runtime.device))
+
+def build_optimizer(model: model_lib.WatermarkNet, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameter groups; ``initial_lr`` records each group's base rate."""
     optimizer = torch.optim.AdamW(
         model_lib.parameter_groups(model, lr=config.lr, backbone_lr_mult=config.backbone_lr_mult, weight_decay=config.weight_decay)
     )
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
+    return optimizer
 
-    history: list[dict[str, float]] = []
-    best_score, bad_epochs, first_epoch = -math.inf, 0, 0
-    run_id = None
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        history = resume_state["history"]
-        best_score, bad_epochs = resume_state["best_score"], resume_state["bad_epochs"]
-        first_epoch = resume_state["epoch"] + 1
-        run_id = resume_state.get("run_id")
-        torch.set_rng_state(resume_state["torch_rng"])
-        log.info("resuming after epoch %d (best %s %.4f)", first_epoch, config.select_metric, best_score)
 
-    tracker = Tracker(config, run_id, parent_run_id=parent_run_id, tags=run_tags)
-    status = "FAILED"
-    best_in_memory: dict[str, Any] | None = None
-    try:
-        tracker.set_tags({"weights": config.weights, "normalization": normalization})
-        tracker.log_params({**asdict(config), **counts, "pos_weight_value": round(pos_weight, 4), "cache_cut": model_lib.BLOCKS[cut - 1] if cut else "none"})
-        tracker.log_artifact(skipped_csv, "reports")
-        tracker.log_artifact(duplicates_csv, "reports")
-        if splits.holdout:
-            tracker.log_artifact(holdout_csv, "reports")
-        if config.relabel:
-            tracker.log_artifact(relabelled_csv, "reports")
-            tracker.log_artifact(Path(config.relabel), "reports")
-        tracker.log_metrics({"cache_seconds": cache_seconds})
-        stopped_early = False
-        # elapsed_seconds: training time so far (a resumed run adds to its last row), without
-        # the seconds spent scoring the held-out split for the curve
-        measuring = -float(history[-1].get("elapsed_seconds", 0.0)) if history else 0.0
-        for epoch in range(first_epoch, config.epochs):
-            first_trainable = stage_block(config, epoch)
-            sampler.set_epoch(epoch)
-            t_epoch = time.time()
-            use_head = head_inputs is not None and first_trainable == model_lib.HEAD
-            epoch_loader, epoch_val, epoch_start = (*head_inputs, end) if use_head else (loader, val_set, start)
-            train_loss = train_one_epoch(
-                model, epoch_loader, epoch_start, first_trainable, optimizer, criterion, config.aux_weight,
-                desc=f"{prefix}epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
-                runtime=runtime,
-                lr_at=lambda done, e=epoch: lr_factor(config.lr_schedule, (e + done) / config.epochs),
-            )
-            val_scores, _, _ = evaluate_split(model, epoch_val, epoch_start, config, val_labels)
-            row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
-            row["elapsed_seconds"] = time.time() - started - measuring
-            row.update({f"val_{k}": v for k, v in val_scores.items()})
-            if holdout_inputs is not None:
-                t_holdout = time.time()
-                row.update(holdout_row(model, *holdout_inputs, start, config, val_scores["threshold"]))
-                measuring += time.time() - t_holdout
-            history.append(row)
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            score = _score(val_scores, config.select_metric)
-            improved = score > best_score
-            if improved:
-                best_score, bad_epochs = score, 0
-            elif epoch >= config.head_epochs:
-                bad_epochs += 1
-            log.info(
-                "%sepoch %d/%d %s+ loss %.4f | val %s %.4f f1 %.3f fpr %.3f%s (%.0fs)",
-                prefix, epoch + 1, config.epochs, first_trainable, train_loss, config.select_metric, score,
-                val_scores["f1"], val_scores["fpr"], " *best*" if improved else "", row["epoch_seconds"],
-            )
-            state = {
-                "version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "config": asdict(config), "history": history, "best_score": best_score,
-                "bad_epochs": bad_epochs, "normalization": normalization, "spec": spec.to_dict(),
-                "run_id": tracker.run_id, "torch_rng": torch.get_rng_state(),
-            }
-            if not config.save_checkpoints:
-                if improved:
-                    best_in_memory = {**state, "optimizer": None, "model": {k: v.detach().clone() for k, v in state["model"].items()}}
-            else:
-                if improved:
-                    save_checkpoint_atomic({**state, "optimizer": None}, best_path)
-                save_checkpoint_atomic(state, last_path)
-            if on_epoch is not None and on_epoch(epoch + 1, score, row):
-                status = "KILLED"
-                tracker.set_tags({"stopped_by": "epoch callback (pruned)"})
-                raise TrainingStopped(epoch + 1, best_score, tracker.run_id)
-            if bad_epochs >= config.patience:
-                log.info("early stop: no %s improvement for %d epochs", config.select_metric, bad_epochs)
-                stopped_early = True
-                break
+def restore_progress(optimizer: torch.optim.Optimizer, resume_state: dict[str, Any] | None, config: TrainConfig) -> Progress:
+    """A fresh :class:`Progress`, or the one saved in ``last.pt`` (optimiser and RNG too)."""
+    if resume_state is None:
+        return Progress()
+    optimizer.load_state_dict(resume_state["optimizer"])
+    torch.set_rng_state(resume_state["torch_rng"])
+    progress = Progress(
+        history=resume_state["history"], best_score=resume_state["best_score"], bad_epochs=resume_state["bad_epochs"],
+        first_epoch=resume_state["epoch"] + 1, run_id=resume_state.get("run_id"),
+    )
+    log.info("resuming after epoch %d (best %s %.4f)", progress.first_epoch, config.select_metric, progress.best_score)
+    return progress
 
-        if config.save_checkpoints:
-            best = torch.load(best_path, map_location="cpu", weights_only=False)
-        else:
-            assert best_in_memory is not None
-            best = best_in_memory
-        model.load_state_dict(best["model"])
-        val_scores, choice, probs = evaluate_split(model, val_set, start, config, val_labels)
-        best["threshold"] = choice.to_dict()
-        log.info("threshold %.4f by rule %s: %s", choice.threshold, choice.rule, choice.note)
-        if config.save_checkpoints:
-            save_checkpoint_atomic(best, best_path)
-        tracker.log_metrics({f"best_val_{k}": v for k, v in val_scores.items()})
-        tracker.log_figure(metrics_lib.confusion_figure(val_scores, "validation (best epoch)"), "plots/confusion_matrix.png")
-        tracker.log_figure(metrics_lib.pr_curve_figure(val_labels, probs, choice.threshold), "plots/pr_curve.png")
-        tracker.set_tags({"threshold_rule": choice.rule, "stopped_early": str(stopped_early)})
-        summary = {
-            "best_epoch": int(best["epoch"]) + 1, "select_metric": config.select_metric, "best_score": best_score,
-            "val": val_scores, "threshold": choice.to_dict(), "counts": counts, "history": history,
-            "seconds": {"cache": round(cache_seconds, 1), "until_best_model": round(time.time() - started, 1)},
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }
-        write_json_atomic(paths["reports"] / "metrics.json", summary)
-        tracker.log_artifact(paths["reports"] / "metrics.json", "reports")
 
-        export_dir = None
-        if config.export:
-            model = model.cpu().to(memory_format=torch.contiguous_format)  # exported and traced on the CPU, NCHW
-            real = torch.stack([cache_lib.pixel_tensor(s, "orig", spec) for s in splits.val[:3]])
-            info = {
-                "model_name": "watermark", "weights": config.weights, "normalization": normalization,
-                "best_epoch": summary["best_epoch"], "val_metrics": val_scores, "mlflow_run_id": tracker.run_id,
-                "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            parity = export_lib.export_model(
-                model, spec, choice.to_dict(), paths["export"], info=info, real_inputs=real, tolerance=config.export_tolerance
-            )
-            export_dir = str(paths["export"])
-            tracker.log_metrics({"export_parity_max_abs_diff": parity["max_abs_diff"]})
-            tracker.log_artifacts(paths["export"], "export")
-            log.info("exported to %s (parity max |diff| %.2e)", export_dir, parity["max_abs_diff"])
-        registered = None
-        if config.register:
-            from train import registry as registry_lib
+def log_run_start(tracker: Tracker, run: Run, data: PreparedData, net: Network, inputs: Inputs, pos_weight: float) -> None:
+    config = run.config
+    tracker.set_tags({"weights": config.weights, "normalization": net.normalization})
+    cache_cut = model_lib.BLOCKS[inputs.cut - 1] if inputs.cut else "none"
+    tracker.log_params({**asdict(config), **data.counts, "pos_weight_value": round(pos_weight, 4), "cache_cut": cache_cut})
+    for report in data.reports:
+        tracker.log_artifact(report, "reports")
+    tracker.log_metrics({"cache_seconds": inputs.seconds})
 
-            registered = registry_lib.register_run_export(
-                tracker.uri, tracker.run_id, name=config.registered_model, description=f"val {config.select_metric} {best_score:.4f}"
-            )
-            tracker.set_tags({"registered_model": f"{registered.name}/{registered.version}"})
-            log.info("registered %s version %s (aliases: %s)", registered.name, registered.version, ", ".join(registered.aliases) or "none")
-        status = "FINISHED"
-        return TrainResult(
-            best_score=best_score, select_metric=config.select_metric, val_metrics=val_scores,
-            threshold=choice.to_dict(), epochs_run=len(history), export_dir=export_dir,
-            run_id=tracker.run_id, history=history,
-            registered_version=registered.version if registered else None,
+
+def run_epochs(
+    run: Run, net: Network, inputs: Inputs, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+    progress: Progress, tracker: Tracker, on_epoch: EpochCallback | None,
+) -> None:
+    """The epoch loop: train, validate, checkpoint, stop early or when ``on_epoch`` says so.
+
+    ``elapsed_seconds`` of a history row is the training time so far (a resumed run adds
+    to its last row), without the seconds spent scoring the held-out split for the curve.
+    """
+    config, model = run.config, net.model
+    measuring = -float(progress.history[-1].get("elapsed_seconds", 0.0)) if progress.history else 0.0
+    end = len(model_lib.BLOCKS)
+    for epoch in range(progress.first_epoch, config.epochs):
+        first_trainable = stage_block(config, epoch)
+        inputs.sampler.set_epoch(epoch)
+        t_epoch = time.time()
+        use_head = inputs.head is not None and first_trainable == model_lib.HEAD
+        loader, val_set, start = (*inputs.head, end) if use_head else (inputs.loader, inputs.val_set, inputs.start)
+        train_loss = train_one_epoch(
+            model, loader, start, first_trainable, optimizer, criterion, config.aux_weight,
+            desc=f"{run.prefix}epoch {epoch + 1}/{config.epochs} [{first_trainable}+]", progress=config.progress,
+            runtime=net.runtime, lr_at=lambda done, e=epoch: lr_factor(config.lr_schedule, (e + done) / config.epochs),
         )
-    finally:
-        tracker.end(status)
+        val_scores, _, _ = evaluate_split(model, val_set, start, config, inputs.val_labels)
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "epoch_seconds": time.time() - t_epoch}
+        row["elapsed_seconds"] = time.time() - run.started - measuring
+        row.update({f"val_{k}": v for k, v in val_scores.items()})
+        if inputs.holdout is not None:
+            t_holdout = time.time()
+            row.update(holdout_row(model, *inputs.holdout, inputs.start, config, val_scores["threshold"]))
+            measuring += time.time() - t_holdout
+        progress.history.append(row)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        score = _score(val_scores, config.select_metric)
+        improved = score > progress.best_score
+        if improved:
+            progress.best_score, progress.bad_epochs = score, 0
+        elif epoch >= config.head_epochs:
+            progress.bad_epochs += 1
+        log.info(
+            "%sepoch %d/%d %s+ loss %.4f | val %s %.4f f1 %.3f fpr %.3f%s (%.0fs)",
+            run.prefix, epoch + 1, config.epochs, first_trainable, train_loss, config.select_metric, score,
+            val_scores["f1"], val_scores["fpr"], " *best*" if improved else "", row["epoch_seconds"],
+        )
+        save_epoch(run, net, optimizer, progress, tracker, epoch, improved)
+        if on_epoch is not None and on_epoch(epoch + 1, score, row):
+            tracker.set_tags({"stopped_by": "epoch callback (pruned)"})
+            raise TrainingStopped(epoch + 1, progress.best_score, tracker.run_id)
+        if progress.bad_epochs >= config.patience:
+            log.info("early stop: no %s improvement for %d epochs", config.select_metric, progress.bad_epochs)
+            progress.stopped_early = True
+            break
+
+
+def save_epoch(
+    run: Run, net: Network, optimizer: torch.optim.Optimizer, progress: Progress, tracker: Tracker, epoch: int,
+    improved: bool,
+) -> None:
+    """Keep the best epoch in memory; with checkpoints on, also write best.pt and last.pt
+    (what ``--resume`` continues from)."""
+    state = {
+        "version": CHECKPOINT_VERSION, "model": net.model.state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": epoch, "config": asdict(run.config), "history": progress.history, "best_score": progress.best_score,
+        "bad_epochs": progress.bad_epochs, "normalization": net.normalization, "spec": net.spec.to_dict(),
+        "run_id": tracker.run_id, "torch_rng": torch.get_rng_state(),
+    }
+    if improved:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in state["model"].items()}
+        progress.best_state = {**state, "optimizer": None, "model": weights}
+    if run.config.save_checkpoints:
+        if improved:
+            save_checkpoint_atomic(progress.best_state, run.paths["checkpoints"] / "best.pt")
+        save_checkpoint_atomic(state, run.paths["checkpoints"] / "last.pt")
+
+
+def finalise(
+    run: Run, net: Network, inputs: Inputs, progress: Progress, tracker: Tracker, counts: dict[str, int]
+) -> tuple[dict[str, Any], dict[str, float], metrics_lib.ThresholdChoice]:
+    """Load the best epoch, choose its threshold on validation, write best.pt (once, with
+    the threshold) and reports/metrics.json, log the figures."""
+    config = run.config
+    best_path = run.paths["checkpoints"] / "best.pt"
+    best = progress.best_state  # None only when the best epoch came before a resume
+    if best is None:
+        best = torch.load(best_path, map_location="cpu", weights_only=False)
+    net.model.load_state_dict(best["model"])
+    val_scores, choice, probs = evaluate_split(net.model, inputs.val_set, inputs.start, config, inputs.val_labels)
+    best["threshold"] = choice.to_dict()
+    log.info("threshold %.4f by rule %s: %s", choice.threshold, choice.rule, choice.note)
+    if config.save_checkpoints:
+        save_checkpoint_atomic(best, best_path)
+    tracker.log_metrics({f"best_val_{k}": v for k, v in val_scores.items()})
+    tracker.log_figure(metrics_lib.confusion_figure(val_scores, "validation (best epoch)"), "plots/confusion_matrix.png")
+    tracker.log_figure(metrics_lib.pr_curve_figure(inputs.val_labels, probs, choice.threshold), "plots/pr_curve.png")
+    tracker.set_tags({"threshold_rule": choice.rule, "stopped_early": str(progress.stopped_early)})
+    summary = {
+        "best_epoch": int(best["epoch"]) + 1, "select_metric": config.select_metric, "best_score": progress.best_score,
+        "val": val_scores, "threshold": choice.to_dict(), "counts": counts, "history": progress.history,
+        "seconds": {"cache": round(inputs.seconds, 1), "until_best_model": round(time.time() - run.started, 1)},
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    write_json_atomic(run.paths["reports"] / "metrics.json", summary)
+    tracker.log_artifact(run.paths["reports"] / "metrics.json", "reports")
+    return best, val_scores, choice
+
+
+def export_best(
+    run: Run, net: Network, splits: data_lib.DataSplits, best: dict[str, Any], val_scores: dict[str, float],
+    choice: metrics_lib.ThresholdChoice, tracker: Tracker,
+) -> str:
+    """Trace the best model on the CPU, parity-check it on real photos and write the bundle."""
+    config = run.config
+    model = net.model.cpu().to(memory_format=torch.contiguous_format)  # exported and traced on the CPU, NCHW
+    real = torch.stack([cache_lib.pixel_tensor(s, "orig", net.spec) for s in splits.val[:3]])
+    info = {
+        "model_name": "watermark", "weights": config.weights, "normalization": net.normalization,
+        "best_epoch": int(best["epoch"]) + 1, "val_metrics": val_scores, "mlflow_run_id": tracker.run_id,
+        "config": asdict(config), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    parity = export_lib.export_model(
+        model, net.spec, choice.to_dict(), run.paths["export"], info=info, real_inputs=real, tolerance=config.export_tolerance
+    )
+    tracker.log_metrics({"export_parity_max_abs_diff": parity["max_abs_diff"]})
+    tracker.log_artifacts(run.paths["export"], "export")
+    log.info("exported to %s (parity max |diff| %.2e)", run.paths["export"], parity["max_abs_diff"])
+    return str(run.paths["export"])
+
+
+def register_export(config: TrainConfig, tracker: Tracker, best_score: float) -> Any:
+    """Register the run's export in the MLflow model registry (champion first, then challenger)."""
+    from train import registry as registry_lib
+
+    registered = registry_lib.register_run_export(
+        tracker.uri, tracker.run_id, name=config.registered_model, description=f"val {config.select_metric} {best_score:.4f}"
+    )
+    tracker.set_tags({"registered_model": f"{registered.name}/{registered.version}"})
+    log.info("registered %s version %s (aliases: %s)", registered.name, registered.version, ", ".join(registered.aliases) or "none")
+    return registered
 
 
 RESUME_MUST_MATCH = (

@@ -1,0 +1,75 @@
+"""MLflow tracking of one training run: a thin wrapper, resumable, imported lazily."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from train.io import default_tracking_uri, sqlite_path
+
+
+class Tracker:
+    """One MLflow run (new, resumed by id, or nested under a parent); MLflow is imported
+    only when a tracker is made, so importing training code has no side effects."""
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        output: Path,
+        experiment: str,
+        *,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        uri = tracking_uri or default_tracking_uri(output)
+        if (db := sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if not tracking_uri:  # the embedded store keeps its artifacts beside it
+                location = (Path(output) / "mlflow" / "artifacts").resolve().as_uri()
+            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        self.run = mlflow.start_run(
+            run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name,
+            nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=tags,
+        )
+        self.run_id = self.run.info.run_id
+        self.uri = uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        existing = self.mlflow.get_run(self.run_id).data.params
+        fresh = {k: str(v)[:500] for k, v in params.items() if k not in existing}
+        if fresh:
+            self.mlflow.log_params(fresh)
+
+    def log_metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        self.mlflow.log_metrics(clean, step=step)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.mlflow.log_figure(figure, name)
+        plt.close(figure)
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.mlflow.log_artifacts(str(folder), artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.mlflow.log_artifact(str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.mlflow.end_run(status=status)
