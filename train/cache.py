@@ -2,7 +2,7 @@
 
 When the lower blocks stay frozen for a whole run, their output for an image never
 changes, so it is computed once and stored on disk, keyed by the image bytes, the
-frozen weights, the preprocessing spec, the cut point, the augmentation view, the
+frozen weights, the preprocessing spec, the cut point, the augmentation, the
 compute precision and the storage type. Later epochs (and later runs and tuning trials)
 then train only the upper blocks.
 
@@ -22,7 +22,6 @@ of from pixels, so tuning trials that unfreeze different blocks share one base c
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -31,56 +30,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from handler.preprocess import PreprocessSpec, image_to_tensor, load_image_file
+from train.augment import augment
 from train.data import Sample
 from train.io import DiskFullError, write_with
 from train.model import BLOCKS, Runtime, WatermarkNet
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("orig", "hflip", "photo")
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
-AUGMENT_LEVELS = {0: ("orig",), 1: ("orig", "hflip"), 2: ("orig", "hflip", "photo")}
 
 
-def views_for(augment: int) -> tuple[str, ...]:
-    """Training views of an augmentation strength: 0 none, 1 + mirror, 2 + photometric."""
-    if int(augment) not in AUGMENT_LEVELS:
-        raise ValueError(f"--augment {augment!r}: allowed are {', '.join(map(str, AUGMENT_LEVELS))} (or false/true)")
-    return AUGMENT_LEVELS[int(augment)]
-
-
-def apply_view(image: Image.Image, view: str) -> Image.Image:
-    """One deterministic augmentation view of an image.
-
-    ``photo`` is a mirrored copy with other exposure, contrast and colour, saved again
-    as a JPEG of quality 70: what a re-shot, re-encoded seller photo looks like. None
-    of the views crops, so a watermark stays in every view of a positive.
-    """
-    if view == "orig":
-        return image
-    if view == "hflip":
-        return ImageOps.mirror(image)
-    if view == "photo":
-        out = ImageOps.mirror(image)
-        out = ImageEnhance.Brightness(out).enhance(0.85)
-        out = ImageEnhance.Contrast(out).enhance(1.2)
-        out = ImageEnhance.Color(out).enhance(0.75)
-        buffer = io.BytesIO()
-        out.save(buffer, format="JPEG", quality=70)
-        buffer.seek(0)
-        return Image.open(buffer).convert("RGB")
-    raise ValueError(f"view {view!r}: allowed are {', '.join(VIEWS)}")
-
-
-def pixel_tensor(sample: Sample, view: str, spec: PreprocessSpec) -> torch.Tensor:
-    """The normalised model input for one file and view (serving preprocessing)."""
+def pixel_tensor(sample: Sample, augmentation: str, spec: PreprocessSpec) -> torch.Tensor:
+    """The normalised model input for one file and augmentation (serving preprocessing)."""
     image = load_image_file(sample.path, max_pixels=spec.max_pixels, draft_size=spec.draft_size)
-    return image_to_tensor(apply_view(image, view), spec)
+    return image_to_tensor(augment(image, augmentation), spec)
 
 
 class PixelDataset(Dataset):
@@ -94,8 +61,8 @@ class PixelDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, float]:
-        sample, view = self.items[index]
-        return pixel_tensor(sample, view, self.spec), float(sample.label)
+        sample, augmentation = self.items[index]
+        return pixel_tensor(sample, augmentation, self.spec), float(sample.label)
 
 
 class FeatureDataset(Dataset):
@@ -136,10 +103,15 @@ def frozen_fingerprint(model: WatermarkNet, stop: int) -> str:
 
 
 def cache_key(
-    file_bytes: bytes, *, fingerprint: str, spec: PreprocessSpec, stop: int, view: str, dtype: str = "float16", amp: str = "none"
+    file_bytes: bytes, *, fingerprint: str, spec: PreprocessSpec, stop: int, augmentation: str, dtype: str = "float16",
+    amp: str = "none",
 ) -> str:
+    """The entry's name: a hash of the file bytes and of everything its features depend on.
+    (The augmentation is stored under the key ``view``, its former name, so existing
+    caches stay valid.)"""
     meta = json.dumps(
-        {"w": fingerprint, "spec": spec.to_dict(), "stop": BLOCKS[stop - 1], "view": view, "dtype": dtype, "amp": amp, "format": 2},
+        {"w": fingerprint, "spec": spec.to_dict(), "stop": BLOCKS[stop - 1], "view": augmentation, "dtype": dtype,
+         "amp": amp, "format": 2},
         sort_keys=True,
     )
     return hashlib.sha256(hashlib.sha256(file_bytes).digest() + meta.encode()).hexdigest()
@@ -213,9 +185,10 @@ def entry_paths(
     fingerprint = frozen_fingerprint(model, stop)
     return [
         entry_path(cache_dir, cache_key(
-            sample.path.read_bytes(), fingerprint=fingerprint, spec=spec, stop=stop, view=view, dtype=dtype, amp=amp,
+            sample.path.read_bytes(), fingerprint=fingerprint, spec=spec, stop=stop, augmentation=augmentation,
+            dtype=dtype, amp=amp,
         ))
-        for sample, view in items
+        for sample, augmentation in items
     ]
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from handler.preprocess import PreprocessSpec
+from train import augment as augment_lib
 from train import cache as cache_lib
 from train import data as data_lib
 from train import export as export_lib
@@ -122,7 +123,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive number")
-        cache_lib.views_for(self.augment)
+        augment_lib.augmentations_for(self.augment)
         if not 0 < self.train_fraction <= 1:
             raise ValueError(f"--train-fraction {self.train_fraction}: allowed is 0 < fraction <= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -246,8 +247,9 @@ def stage_block(config: TrainConfig, epoch: int) -> str:
     return model_lib.HEAD if epoch < config.head_epochs else config.unfreeze_from
 
 
-def make_items(samples: list[data_lib.Sample], views: tuple[str, ...]) -> list[tuple[data_lib.Sample, str]]:
-    return [(s, v) for s in samples for v in views]
+def make_items(samples: list[data_lib.Sample], augmentations: tuple[str, ...]) -> list[tuple[data_lib.Sample, str]]:
+    """Training items: every sample under every augmentation."""
+    return [(s, a) for s in samples for a in augmentations]
 
 
 def build_inputs(
@@ -567,7 +569,7 @@ def build_training_inputs(run: Run, net: Network, splits: data_lib.DataSplits, *
     """
     config, prefix = run.config, run.prefix
     cut = min(model_lib.block_index(config.unfreeze_from) if config.cache else 0, len(model_lib.BLOCKS))
-    train_items = make_items(splits.train, cache_lib.views_for(config.augment))
+    train_items = make_items(splits.train, augment_lib.augmentations_for(config.augment))
     val_items = make_items(splits.val, ("orig",))
     t0 = time.time()
     train_set, start = build_inputs(net.model, train_items, net.spec, config, cut, f"{prefix}cache train")
