@@ -36,7 +36,7 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/model-server
 WORKDIR /home/model-server
 
 COPY --chown=10001:10001 config.properties metrics.yaml /home/model-server/
-COPY --chown=10001:10001 scripts/keykeeper.py scripts/models.py scripts/container_entry.sh /home/model-server/scripts/
+COPY --chown=10001:10001 scripts/keykeeper.py scripts/manage_models.py scripts/container_entry.sh /home/model-server/scripts/
 # The archive: model_store/watermark.mar or build_image.sh --mar FILE, staged by the script.
 COPY --chown=10001:10001 build/image/watermark.mar /home/model-server/model-store/watermark.mar
 

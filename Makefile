@@ -66,5 +66,5 @@ clean:  ## remove generated data and artifacts (keeps .venv)
 load-test: venv  ## 32 clients x 60 s against the running server (make serve first); see scripts/load_test.py
 	$(PY) scripts/load_test.py --clients 32 --duration 60 --warmup 10
 
-models: venv  ## versions, default and workers of the running server (scripts/models.py --help)
-	$(PY) scripts/models.py list
+models: venv  ## versions, default and workers of the running server (scripts/manage_models.py --help)
+	$(PY) scripts/manage_models.py list

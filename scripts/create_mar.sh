@@ -67,7 +67,7 @@ Options:
   --archive-name FILE     archive file name without .mar, e.g. watermark-v1.1
                           (default: NAME; config.properties loads watermark.mar at start)
   --versioned             archive file name NAME-vVERSION.mar, e.g. watermark-v1.1.mar,
-                          so versions sit side by side for scripts/models.py register
+                          so versions sit side by side for scripts/manage_models.py register
   --force                 replace an existing archive of that file name
   --workers N             minWorkers = maxWorkers                   (default: 1)
   --batch-size N          server-side batch size                    (default: 8)
@@ -282,5 +282,5 @@ fi
 mv -f "$WORK_DIR/$MODEL_NAME.mar" "$TARGET"
 echo "Wrote $TARGET (model $MODEL_NAME, version $VERSION, $FORMAT, batchSize $BATCH_SIZE, maxBatchDelay ${MAX_BATCH_DELAY}ms)"
 if [[ "$ARCHIVE_NAME" != "$MODEL_NAME" ]]; then
-    echo "Serve it next to the running version: scripts/models.py register $ARCHIVE_NAME.mar"
+    echo "Serve it next to the running version: scripts/manage_models.py register $ARCHIVE_NAME.mar"
 fi

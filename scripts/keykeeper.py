@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:  # imported as scripts.keykeeper (tests)
-    from .models import LOOPBACK, load_properties
+    from .manage_models import LOOPBACK, load_properties
 else:  # run as a script
-    from models import LOOPBACK, load_properties
+    from manage_models import LOOPBACK, load_properties
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RENEWABLE = ("inference", "management")

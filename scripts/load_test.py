@@ -51,7 +51,7 @@ from typing import Any
 import requests
 
 # The same directory: shared parsing of config.properties (run as a script, scripts/ is on sys.path).
-from models import load_properties  # noqa: E402
+from manage_models import load_properties  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

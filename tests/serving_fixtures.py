@@ -390,10 +390,10 @@ def dump_properties(props: dict[str, str]) -> str:
 
 
 def load_properties(path: str | Path) -> dict[str, str]:
-    """``config.properties`` as a dict, parsed by the operators' script ``scripts/models.py``."""
+    """``config.properties`` as a dict, parsed by the operators' script ``scripts/manage_models.py``."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_ts_models_script", Path(__file__).resolve().parents[1] / "scripts" / "models.py")
+    spec = importlib.util.spec_from_file_location("_ts_models_script", Path(__file__).resolve().parents[1] / "scripts" / "manage_models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.load_properties(Path(path))

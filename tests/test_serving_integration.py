@@ -285,7 +285,7 @@ def test_create_mar_names_archives_per_version(tmp_path):
     common = ("--export-dir", str(export_dir), "--model-store", str(store))
     versioned = create_mar(*common, "--version", "1.1", "--versioned")
     assert versioned.returncode == 0, versioned.stderr
-    assert "scripts/models.py register watermark-v1.1.mar" in versioned.stdout
+    assert "scripts/manage_models.py register watermark-v1.1.mar" in versioned.stdout
     named = create_mar(*common, "--version", "2.0", "--archive-name", "watermark-canary.mar")
     assert named.returncode == 0, named.stderr
     default = create_mar(*common)  # unchanged default: watermark.mar, version 1.0

@@ -150,7 +150,7 @@ def test_keys_are_renewed_before_they_expire(server, keeper):
 @pytest.mark.integration
 @needs_server
 def test_models_script_reads_a_renewed_key_again(server, keeper):
-    from scripts.models import Management
+    from scripts.manage_models import Management
 
     api = Management(server.management, "renewed-meanwhile", 10.0, key_file=server.key_file)
     assert [m["modelName"] for m in api.call("GET", "/models")["models"]] == ["watermark"]

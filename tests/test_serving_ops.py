@@ -3,7 +3,7 @@
 One server for the module, started like production (config.properties from the repo, the
 model API on with allowed_urls=^$) with two archives of the tiny model in its store:
 ``watermark.mar`` (version 1.0, loaded at start) and ``watermark-v2.0.mar`` (other weights
-and threshold, registered by the tests through scripts/models.py). Both archives carry a
+and threshold, registered by the tests through scripts/manage_models.py). Both archives carry a
 short responseTimeout (10 s) so a stuck request could not hang the suite. The worker-kill
 test runs last (it restarts the worker). Every request goes to 127.0.0.1.
 """
@@ -29,7 +29,7 @@ from tests.ts_server import PYTHON, REPO, TIMEOUT, create_mar, needs_server, put
 
 pytestmark = [pytest.mark.integration, needs_server]
 
-MODELS = REPO / "scripts" / "models.py"
+MODELS = REPO / "scripts" / "manage_models.py"
 LOAD_TEST = REPO / "scripts" / "load_test.py"
 RESPONSE_TIMEOUT = 10
 V1 = {"version": "1.0", "threshold": 0.37, "seed": 0}
@@ -51,14 +51,14 @@ def server(tmp_path_factory):
         first = create_mar("--export-dir", str(exports["1.0"]), "--version", "1.0", *common)
         second = create_mar("--export-dir", str(exports["2.0"]), "--version", "2.0", "--versioned", *common)
         assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-        assert "scripts/models.py register watermark-v2.0.mar" in second.stdout
+        assert "scripts/manage_models.py register watermark-v2.0.mar" in second.stdout
         assert sorted(p.name for p in srv.store.iterdir()) == ["watermark-v2.0.mar", "watermark.mar"]
 
     yield from serve(root, setup)
 
 
 def models(server, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """scripts/models.py against the test server (its key file, config and a private state file)."""
+    """scripts/manage_models.py against the test server (its key file, config and a private state file)."""
     common = ["--config", str(server.config_file), "--key-file", str(server.key_file),
               "--state-file", str(server.root / "model_versions.json")]
     return subprocess.run(

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Manage the versions of the watermark model on a running local TorchServe.
 
-    scripts/models.py list                                  versions, default, workers
-    scripts/models.py register watermark-v1.1.mar [--workers N] [--set-default]
-    scripts/models.py set-default 1.1                       /predictions/watermark -> 1.1
-    scripts/models.py rollback                              back to the previous default
-    scripts/models.py scale [VERSION] --workers N           workers of one version
-    scripts/models.py unregister 1.0                        remove a version that is not the default
+    scripts/manage_models.py list                                  versions, default, workers
+    scripts/manage_models.py register watermark-v1.1.mar [--workers N] [--set-default]
+    scripts/manage_models.py set-default 1.1                       /predictions/watermark -> 1.1
+    scripts/manage_models.py rollback                              back to the previous default
+    scripts/manage_models.py scale [VERSION] --workers N           workers of one version
+    scripts/manage_models.py unregister 1.0                        remove a version that is not the default
 
 Talks to the management API of TorchServe on loopback only (management_address of
 config.properties; $SERVE_CONFIG like scripts/serve.sh), with the "management" key from
@@ -440,9 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds for register/scale/unregister, which wait for workers (default 300)")
 
     parser = argparse.ArgumentParser(
-        prog="scripts/models.py", description=__doc__,
+        prog="scripts/manage_models.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Options go after the command, e.g.: scripts/models.py list --key-file run/key_file.json",
+        epilog="Options go after the command, e.g.: scripts/manage_models.py list --key-file run/key_file.json",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("list", parents=[common], help="versions, default, workers")
