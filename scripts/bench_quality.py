@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.cli import add_train_arguments, config_from_args  # noqa: E402
-from train.demo_data import build_demo_dataset  # noqa: E402
+from train.synth.demo import build_demo_dataset  # noqa: E402
 from train.evaluate import evaluate_folder  # noqa: E402
 from train.train import train  # noqa: E402
 

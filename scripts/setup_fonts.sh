@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the fonts the synthetic-watermark engine (train/synth.py) draws with:
+# Install the fonts the synthetic-watermark engine (train/synth/) draws with:
 #   fonts-noto-core     Noto Sans/Serif (Latin) and Noto Naskh/Sans/Kufi Arabic (Persian)
 #   fonts-farsiweb      Persian fonts common on Iranian shop banners (Nazli, Titr, Roya, ...)
 #   fonts-dejavu-core   DejaVu (Latin + Arabic script, the symbols the icon fallback uses)

@@ -1,4 +1,4 @@
-"""Tests for the demo dataset builder (train/demo_data.py)."""
+"""Tests for the demo dataset builder (train/synth/demo.py and the modules it uses)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from train import demo_data, synth
+from train import synth
+from train.synth import demo, demo_crops, photos
 
 TINY = {"crops_per_photo": 1, "image_size": 96, "progress": False, "eval_crops_per_photo": 1}
 
@@ -25,16 +26,16 @@ def _stems(folder: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "data"
-    manifest = demo_data.build_demo_dataset(out, seed=3, **TINY)
+    manifest = demo.build_demo_dataset(out, seed=3, **TINY)
     return out, manifest
 
 
 def test_base_photos_are_found() -> None:
-    photos = demo_data.find_base_photos()
-    paths = demo_data.base_photo_paths()
-    assert len(paths) == len(photos) >= demo_data.MIN_BASE_PHOTOS
+    found = photos.find_base_photos()
+    paths = photos.base_photo_paths()
+    assert len(paths) == len(found) >= photos.MIN_BASE_PHOTOS
     assert all(p.is_file() for p in paths)
-    names = [p.name for p in photos]
+    names = [p.name for p in found]
     assert len(set(names)) == len(names)
     assert "coffee" in names and "china" in names and "grace_hopper" in names
     assert not {"chessboard_rgb", "color", "logo", "text", "page", "horse"} & set(names)
@@ -135,19 +136,38 @@ def test_existing_output_is_not_touched_without_overwrite(tmp_path: Path) -> Non
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"data.*--overwrite"):
-        demo_data.build_demo_dataset(out, **TINY)
+        demo.build_demo_dataset(out, **TINY)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
-    assert demo_data.main([str(out), "--crops-per-photo", "1", "--image-size", "96", "--no-progress"]) == 1
+    assert demo.main([str(out), "--crops-per-photo", "1", "--image-size", "96", "--no-progress"]) == 1
+
+
+def test_cli_passes_every_option_to_the_builder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m train demo-data`` hands -h and options before the output folder to the builder's parser."""
+    from train.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo-data", "-h"])
+    assert exit_info.value.code == 0
+    assert "usage: python -m train demo-data" in capsys.readouterr().out
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    # options first, then the folder: parsed (no argparse error, exit 2), refused as non-empty (1)
+    assert cli_main(["demo-data", "--crops-per-photo", "1", "--no-progress", str(out), "--image-size", "96"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo-data", "--no-such-option", str(out)])
+    assert exit_info.value.code == 2
 
 
 def test_build_is_reproducible_and_overwrite_replaces(tmp_path: Path, built: tuple[Path, dict]) -> None:
     first, _ = built
     again = tmp_path / "again"
-    demo_data.build_demo_dataset(again, seed=3, **TINY)
+    demo.build_demo_dataset(again, seed=3, **TINY)
     assert _files(again) == _files(first)
-    demo_data.build_demo_dataset(again, seed=4, overwrite=True, **TINY)
+    demo.build_demo_dataset(again, seed=4, overwrite=True, **TINY)
     assert _files(again) != _files(first)
     assert json.loads((again / "manifest.json").read_text(encoding="utf-8"))["seed"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]  # no tmp/old folders left
@@ -155,7 +175,7 @@ def test_build_is_reproducible_and_overwrite_replaces(tmp_path: Path, built: tup
 
 def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = demo_data.synth.render_watermark
+    real = demo_crops.render_watermark
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -163,29 +183,29 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
             raise RuntimeError("boom")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(demo_data.synth, "render_watermark", flaky)
+    monkeypatch.setattr(demo_crops, "render_watermark", flaky)
     with pytest.raises(RuntimeError, match="boom"):
-        demo_data.build_demo_dataset(tmp_path / "data", **TINY)
+        demo.build_demo_dataset(tmp_path / "data", **TINY)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_too_few_base_photos_names_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    three = demo_data.find_base_photos()[:3]
-    monkeypatch.setattr(demo_data, "find_base_photos", lambda: three)
+    three = photos.find_base_photos()[:3]
+    monkeypatch.setattr(demo, "find_base_photos", lambda: three)
     with pytest.raises(RuntimeError, match="scikit-image"):
-        demo_data.build_demo_dataset(tmp_path / "data", **TINY)
+        demo.build_demo_dataset(tmp_path / "data", **TINY)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="crops_per_photo"):
-        demo_data.build_demo_dataset(tmp_path / "x", crops_per_photo=0)
+        demo.build_demo_dataset(tmp_path / "x", crops_per_photo=0)
     with pytest.raises(ValueError, match="image_size"):
-        demo_data.build_demo_dataset(tmp_path / "x", image_size=8)
+        demo.build_demo_dataset(tmp_path / "x", image_size=8)
     with pytest.raises(ValueError, match="hard_negative_fraction"):
-        demo_data.build_demo_dataset(tmp_path / "x", hard_negative_fraction=1.5)
+        demo.build_demo_dataset(tmp_path / "x", hard_negative_fraction=1.5)
     with pytest.raises(ValueError, match="eval_crops_per_photo"):
-        demo_data.build_demo_dataset(tmp_path / "x", eval_crops_per_photo=-1)
+        demo.build_demo_dataset(tmp_path / "x", eval_crops_per_photo=-1)
     assert not (tmp_path / "x").exists()
 
 
@@ -224,7 +244,7 @@ def test_hard_negative_pairs_share_scene_text(built: tuple[Path, dict]) -> None:
             assert entry["scene_text"]["split"] == "train"
     pairs = manifest["counts"]["train"]["positive"] + manifest["counts"]["val"]["positive"]
     assert 0.1 * pairs <= with_scene <= 0.6 * pairs  # about hard_negative_fraction = 0.3
-    assert manifest["parameters"]["hard_negative_fraction"] == demo_data.HARD_NEGATIVE_FRACTION
+    assert manifest["parameters"]["hard_negative_fraction"] == demo.HARD_NEGATIVE_FRACTION
     assert sum(manifest["scene_text_counts"].values()) >= with_scene
 
 

@@ -1,4 +1,4 @@
-"""Tests for the synthetic watermark renderer (train/synth.py)."""
+"""Tests for the synthetic watermark renderer (train/synth/)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont, features
 
 from train import synth
+from train.synth import fonts, icons, scene_text, splits
+from train.synth.logos import package_logo
 
 PERSIAN_A = "فروشگاه نگین"
 PERSIAN_B = "گالری پرستو"
@@ -166,15 +168,15 @@ def test_persian_watermarks_use_persian_fonts(photo: Image.Image) -> None:
 
 
 def test_missing_persian_fonts_fall_back_with_warning(photo: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = synth.available_fonts
-    monkeypatch.setattr(synth, "available_fonts", lambda script="latin": [] if script == "persian" else real(script))
+    real = fonts.available_fonts
+    monkeypatch.setattr(fonts, "available_fonts", lambda script="latin": [] if script == "persian" else real(script))
     with pytest.warns(RuntimeWarning, match="Persian"):
         infos = [synth.render_watermark(photo, random.Random(seed))[1] for seed in range(30)]
     assert all(info.script != "persian" for info in infos)
 
 
 def test_no_fonts_at_all_still_renders(photo: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth, "available_fonts", lambda script="latin": [])
+    monkeypatch.setattr(fonts, "available_fonts", lambda script="latin": [])
     with pytest.warns(RuntimeWarning):
         out, info = synth.render_watermark(photo, random.Random(2), jpeg_prob=0.0, families=TEXT_FAMILIES)
     assert info.font == "pillow-default"
@@ -287,29 +289,29 @@ def test_unknown_split_is_rejected(photo: Image.Image) -> None:
 
 
 def test_font_partition_balances_scripts_and_falls_back_to_files(monkeypatch: pytest.MonkeyPatch) -> None:
-    entry = synth._FontEntry
+    entry = fonts.FontEntry
     dejavu_only = (
         entry(Path("DejaVuSans.ttf"), "dejavu sans", ("latin", "persian")),
         entry(Path("DejaVuSans-Bold.ttf"), "dejavu sans", ("latin", "persian")),
         entry(Path("DejaVuSansMono.ttf"), "dejavu sans mono", ("latin",)),
         entry(Path("DejaVuSerif.ttf"), "dejavu serif", ("latin",)),
     )
-    monkeypatch.setattr(synth, "_font_catalog", lambda: dejavu_only)
-    synth._font_partition.cache_clear()
-    synth._font_split_by_name.cache_clear()
+    monkeypatch.setattr(fonts, "_font_catalog", lambda: dejavu_only)
+    fonts.font_partition.cache_clear()
+    fonts._font_split_by_name.cache_clear()
     try:
-        table, mode = synth._font_partition()
+        table, mode = fonts.font_partition()
         assert mode == "file"  # one Persian-capable family only: split by variant
         for pool in ("train", "heldout"):
             files = {name for name, where in table.items() if where == pool}
             assert any("persian" in e.scripts for e in dejavu_only if e.path.name in files), pool
             assert any("latin" in e.scripts for e in dejavu_only if e.path.name in files), pool
-        assert synth._font_partition() == (table, mode)  # deterministic
+        assert fonts.font_partition() == (table, mode)  # deterministic
     finally:
         monkeypatch.undo()
-        synth._font_partition.cache_clear()
-        synth._font_split_by_name.cache_clear()
-    assert synth._partition({"a": {"latin"}}) is None  # a single group cannot feed both pools
+        fonts.font_partition.cache_clear()
+        fonts._font_split_by_name.cache_clear()
+    assert splits.partition_groups({"a": {"latin"}}) is None  # a single group cannot feed both pools
 
 
 # ------------------------------------------------------------------ new families
@@ -356,21 +358,21 @@ def test_logos_argument_accepts_any_image(photo: Image.Image, tmp_path: Path) ->
 def test_package_logos_are_found_and_keyed() -> None:
     names = synth.logo_pool("any")
     assert "image:mpl-logo2" in names and "image:skimage-logo" in names
-    logo = synth._package_logo("skimage-logo")  # an opaque PNG on white: corners keyed out
+    logo = package_logo("skimage-logo")  # an opaque PNG on white: corners keyed out
     assert logo.mode == "RGBA" and logo.getpixel((0, 0))[3] == 0
 
 
 @pytest.fixture()
 def fresh_icon_source():
-    synth._icon_source.cache_clear()
+    icons.icon_source.cache_clear()
     yield
-    synth._icon_source.cache_clear()
+    icons.icon_source.cache_clear()
 
 
 def test_font_awesome_icons_when_installed(fresh_icon_source: None) -> None:
-    if synth._find_icon_font() is None:
+    if icons._find_icon_font() is None:
         pytest.skip("Font Awesome not installed (scripts/setup_fonts.sh)")
-    assert synth._icon_source()[0] == "fontawesome"
+    assert icons.icon_source()[0] == "fontawesome"
     assert synth.icon_pool("train") == ["instagram", "telegram", "phone", "globe"]
     assert synth.icon_pool("heldout") == ["whatsapp", "envelope", "shopping-cart"]
 
@@ -378,10 +380,10 @@ def test_font_awesome_icons_when_installed(fresh_icon_source: None) -> None:
 def test_icon_fallback_warns_once_without_font_awesome(
     photo: Image.Image, monkeypatch: pytest.MonkeyPatch, fresh_icon_source: None
 ) -> None:
-    monkeypatch.setattr(synth, "_find_icon_font", lambda: None)
+    monkeypatch.setattr(icons, "_find_icon_font", lambda: None)
     with pytest.warns(RuntimeWarning, match="Font Awesome"):
         out, info = synth.render_watermark(photo, random.Random(0), families="icon_handle", jpeg_prob=0.0)
-    symbols = set(synth._SYMBOL_GLYPHS)
+    symbols = set(icons._SYMBOL_GLYPHS)
     assert info.icon and set(info.icon.split(",")) <= symbols
     assert _diff(out, photo).max() >= _visible(info)
     with warnings.catch_warnings():
@@ -433,7 +435,7 @@ def test_every_scene_text_kind_renders(product: Image.Image, kind: str) -> None:
 def test_scene_text_is_opaque(noise: Image.Image, kind: str) -> None:
     """Inside the element the photo does not show through: no alpha << 1 blend."""
     for seed in range(2):
-        part = synth._scene_text_parts(noise, random.Random(seed), kind, "any")
+        part = scene_text._scene_text_parts(noise, random.Random(seed), kind, "any")
         out, _ = synth.render_scene_text(noise, random.Random(seed), kind=kind)
         alpha = np.asarray(part.layer.getchannel("A"))
         inside = alpha == 255
@@ -469,11 +471,9 @@ def test_scene_text_uses_its_font_pool(product: Image.Image, split: str) -> None
 def test_font_order_does_not_depend_on_the_virtualenv_location() -> None:
     import importlib.util
 
-    from train import synth as synth_mod
-
     bundled = (Path(importlib.util.find_spec("matplotlib").origin).parent / "mpl-data" / "fonts" / "ttf").resolve()
-    fonts = synth_mod._font_candidates()
-    mine = [p for p in fonts if p.is_relative_to(bundled)]
+    found = fonts.font_candidates()
+    mine = [p for p in found if p.is_relative_to(bundled)]
     assert mine, "matplotlib's bundled fonts should be found"
     # system fonts first, then matplotlib's by file name, wherever the venv is
-    assert fonts[-len(mine):] == sorted(mine, key=lambda p: p.name)
+    assert found[-len(mine):] == sorted(mine, key=lambda p: p.name)

@@ -315,7 +315,7 @@ def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from train.demo_data import main as demo_main
+    from train.synth.demo import main as demo_main
 
     return demo_main(args.rest)
 
@@ -406,7 +406,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command != "demo-data":
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        # Options before the first positional (``demo-data -h``, ``demo-data --seed 1 OUT``) are not
+        # taken by argparse.REMAINDER; they come back here, in order, ahead of the rest.
+        args.rest = [*unknown, *args.rest]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
