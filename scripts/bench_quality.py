@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from train.cli import add_train_arguments, config_from_args  # noqa: E402
 from train.synth.demo import build_demo_dataset  # noqa: E402
 from train.evaluate import evaluate_folder  # noqa: E402
-from train.train import train  # noqa: E402
+from train.training import run_training  # noqa: E402
 
 TARGETS = {"heldout_styles": ("f1", ">=", 0.95), "hard_negatives": ("fpr", "<=", 0.02)}
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = config_from_args(train_ns)
     t1 = time.time()
-    result = train(config)
+    result = run_training(config)
     train_seconds = time.time() - t1
 
     export = out / "run" / "export"

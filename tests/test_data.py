@@ -12,18 +12,9 @@ from PIL import Image, ImageDraw
 
 from tests.conftest import add_mark, make_photo, write_dataset
 from train import duplicates as dup
-from train.data import (
-    PairBatchSampler,
-    Sample,
-    apply_relabels,
-    load_splits,
-    read_relabel_file,
-    resolve_train_root,
-    scan_folder,
-    stratified_split,
-    write_data_report,
-    write_relabel_report,
-)
+from train.data import Sample, resolve_train_root, scan_folder, write_data_report
+from train.relabel import apply_relabels, read_relabel_file, write_relabel_report
+from train.splits import PairBatchSampler, load_splits, stratified_split
 
 
 def save(image: Image.Image, path: Path, quality: int = 92) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest

@@ -14,7 +14,8 @@ from tests.test_training import tiny_config
 from tests.ts_server import create_mar, put_image, serve
 from train import registry
 from train.cli import main as cli_main
-from train.train import train
+from train.io import default_tracking_uri
+from train.training import run_training
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +28,9 @@ def store(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("registry")
     data = write_dataset(root / "data", pairs=10)
     out = root / "out"
-    first = train(tiny_config(data, out, epochs=1, register=True))
-    second = train(tiny_config(data, out, epochs=1, register=True, seed=1, lr=3e-3))
-    return {"root": root, "out": out, "uri": registry.default_tracking_uri(out), "runs": (first, second)}
+    first = run_training(tiny_config(data, out, epochs=1, register=True))
+    second = run_training(tiny_config(data, out, epochs=1, register=True, seed=1, lr=3e-3))
+    return {"root": root, "out": out, "uri": default_tracking_uri(out), "runs": (first, second)}
 
 
 def test_first_version_is_champion_then_challenger(store) -> None:
@@ -92,7 +93,7 @@ def test_missing_store_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 def test_register_without_export_is_rejected(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--register needs the export"):
-        train(tiny_config(tiny_dataset, tmp_path / "out", register=True, export=False))
+        run_training(tiny_config(tiny_dataset, tmp_path / "out", register=True, export=False))
 
 
 def test_archive_from_champion_has_the_registry_version_and_serves(store, tmp_path_factory) -> None:

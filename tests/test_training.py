@@ -12,7 +12,8 @@ import torch
 from train.cli import main as cli_main
 from train.export import load_export
 from tests.conftest import write_dataset
-from train.train import TrainConfig, train
+from train.config import TrainConfig
+from train.training import run_training
 
 TINY = dict(
     weights="none", image_size=75, epochs=2, head_epochs=1, unfreeze_from="Mixed_7c",
@@ -26,7 +27,7 @@ def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 def test_train_logs_checkpoints_and_exports(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = train(tiny_config(tiny_dataset, out))
+    result = run_training(tiny_config(tiny_dataset, out))
 
     assert result.epochs_run == 2
     assert 0.0 < result.threshold["threshold"] < 1.0
@@ -55,12 +56,12 @@ def test_train_logs_checkpoints_and_exports(tiny_dataset: Path, tmp_path: Path) 
 
 def test_resume_continues_the_same_run(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    first = train(tiny_config(tiny_dataset, out, epochs=1, export=False))
-    resumed = train(tiny_config(tiny_dataset, out, epochs=2, resume=True, export=False))
+    first = run_training(tiny_config(tiny_dataset, out, epochs=1, export=False))
+    resumed = run_training(tiny_config(tiny_dataset, out, epochs=2, resume=True, export=False))
     assert resumed.run_id == first.run_id
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     with pytest.raises(ValueError, match="image_size"):
-        train(tiny_config(tiny_dataset, out, epochs=3, resume=True, image_size=80, export=False))
+        run_training(tiny_config(tiny_dataset, out, epochs=3, resume=True, image_size=80, export=False))
 
 
 @pytest.mark.parametrize(("dtype", "weight_tol", "loss_tol"), [("float32", 1e-4, 1e-5), ("float16", 1e-2, 1e-3)])
@@ -68,8 +69,8 @@ def test_cached_and_uncached_training_agree(
     tiny_dataset: Path, tmp_path: Path, dtype: str, weight_tol: float, loss_tol: float
 ) -> None:
     """A float32 store trains exactly as pixels do; the float16 default within its rounding."""
-    cached = train(tiny_config(tiny_dataset, tmp_path / "a", cache=True, cache_dtype=dtype, export=False))
-    plain = train(tiny_config(tiny_dataset, tmp_path / "b", cache=False, export=False))
+    cached = run_training(tiny_config(tiny_dataset, tmp_path / "a", cache=True, cache_dtype=dtype, export=False))
+    plain = run_training(tiny_config(tiny_dataset, tmp_path / "b", cache=False, export=False))
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["model"]
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -82,7 +83,7 @@ def test_unreadable_files_are_skipped_and_listed(tiny_dataset: Path, tmp_path: P
     (tiny_dataset / "train" / "positive" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (tiny_dataset / "train" / "negative" / "notes.txt").write_text("hello")
     out = tmp_path / "out"
-    train(tiny_config(tiny_dataset, out, epochs=1, head_epochs=1, export=False))
+    run_training(tiny_config(tiny_dataset, out, epochs=1, head_epochs=1, export=False))
     report = (out / "reports" / "skipped.csv").read_text()
     assert "broken.jpg" in report and "notes.txt" in report
 
@@ -106,7 +107,7 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
     from PIL import Image
 
     from train import synth
-    from train.data import load_splits
+    from train.splits import load_splits
     from train.overlay import overlay_negatives
 
     splits = load_splits(tiny_dataset, val_fraction=0.2, seed=0)
@@ -140,13 +141,13 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
         overlay_negatives(splits.train, tmp_path / "ov", copies=-1, seed=0)
 
     out = tmp_path / "out"
-    train(tiny_config(tiny_dataset, out, epochs=1, overlay_negatives=1, export=False))
+    run_training(tiny_config(tiny_dataset, out, epochs=1, overlay_negatives=1, export=False))
     counts = json.loads((out / "reports" / "metrics.json").read_text())["counts"]
     assert counts["train_positive"] == 2 * counts["train_negative"]
 
 
 def test_cosine_schedule_decays_to_zero_and_constant_stays() -> None:
-    from train.train import lr_factor
+    from train.steps import lr_factor
 
     assert lr_factor("cosine", 0.0) == pytest.approx(1.0) and lr_factor("cosine", 0.5) == pytest.approx(0.5)
     assert lr_factor("cosine", 1.0) == pytest.approx(0.0, abs=1e-12)
@@ -175,7 +176,7 @@ def test_runtime_options_are_checked_at_the_edge(tiny_dataset: Path, tmp_path: P
 
 def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = train(tiny_config(tiny_dataset, out, amp="bf16", lr_schedule="cosine", epochs=2, head_epochs=0))
+    result = run_training(tiny_config(tiny_dataset, out, amp="bf16", lr_schedule="cosine", epochs=2, head_epochs=0))
     model, spec, _ = load_export(out / "export")
     logits = model(torch.zeros(2, 3, spec.image_size, spec.image_size))
     assert logits.dtype == torch.float32 and logits.shape == (2, 1)
@@ -187,8 +188,8 @@ def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tm
 def test_holdout_curve_is_reported_and_never_changes_the_run(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", pairs=16)
     options = dict(holdout_fraction=0.25, export=False, save_checkpoints=False, seed=3)
-    plain = train(tiny_config(data, tmp_path / "plain", **options))
-    curve = train(tiny_config(data, tmp_path / "curve", holdout_curve=True, **options))
+    plain = run_training(tiny_config(data, tmp_path / "plain", **options))
+    curve = run_training(tiny_config(data, tmp_path / "curve", holdout_curve=True, **options))
 
     assert curve.threshold == plain.threshold and curve.best_score == plain.best_score
     for a, b in zip(plain.history, curve.history):

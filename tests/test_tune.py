@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import write_dataset
 from train.cli import main as cli_main
-from train.train import TrainConfig
+from train.config import TrainConfig
 from train.tune import DEFAULT_SPACE, TuneSettings, parse_space, space_to_json, tune
 
 pytestmark = pytest.mark.integration

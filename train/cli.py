@@ -47,7 +47,7 @@ def _augment(value: str) -> int:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Training options; every default is None so a --config file can supply it."""
-    from train.train import SELECT_METRICS, TrainConfig
+    from train.config import SELECT_METRICS, TrainConfig
 
     d = {f.name: f.default for f in fields(TrainConfig)}
     a = parser.add_argument
@@ -125,7 +125,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from train.train import TrainConfig, load_config_file
+    from train.config import TrainConfig, load_config_file
 
     values = load_config_file(args.config) if args.config else {}
     names = {f.name for f in fields(TrainConfig)}
@@ -136,9 +136,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from train.train import train
+    from train.training import run_training
 
-    result = train(config_from_args(args))
+    result = run_training(config_from_args(args))
     m = result.val_metrics
     print(
         f"best {result.select_metric} {result.best_score:.4f} after {result.epochs_run} epochs | "
@@ -194,7 +194,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _config_keys(path: Path) -> set[str]:
-    from train.train import load_config_file
+    from train.config import load_config_file
 
     return set(load_config_file(path))
 

@@ -1,4 +1,7 @@
-"""Scanning a ``positive``/``negative`` image folder: duplicates, pairs, the split, pair batches.
+"""Scanning a ``positive``/``negative`` image folder: samples, duplicates, pairs, data reports.
+
+The split and the pair batches are in :mod:`train.splits`, relabel files in
+:mod:`train.relabel`.
 
 Layout accepted (``DATA`` is what the user passes):
 
@@ -23,13 +26,13 @@ split. Same-label duplicates are all kept. A group holding both labels is either
   validation.
 
 Labels come from the folders, except where an explicit relabel file says otherwise
-(:func:`read_relabel_file`, ``--relabel``): each row names one file, its new label
+(:func:`train.relabel.read_relabel_file`, ``--relabel``): each row names one file, its new label
 (``positive``, ``negative`` or ``exclude``) and why. Every change is listed in the run's
 ``reports/relabelled.csv``; nothing is ever relabelled silently.
 
 File names pair nothing: ``positive/a.jpg`` and ``negative/a.jpg`` are unrelated photos
 unless declared or checked. :attr:`Sample.pair` is the pair key; samples sharing it are
-batched together (:class:`PairBatchSampler` over :attr:`Sample.batch_key`).
+batched together (:class:`train.splits.PairBatchSampler` over :attr:`Sample.batch_key`).
 :func:`write_data_report` lists every group of more than one file.
 """
 
@@ -38,14 +41,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import random
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from handler.preprocess import ImageDecodeError, decode_image, load_image_file
 from train import duplicates as dup
@@ -166,17 +167,6 @@ class ScanResult:
         }  # fmt: skip
 
 
-@dataclass
-class DataSplits:
-    train: list[Sample]
-    val: list[Sample]
-    skipped: list[tuple[Path, str]]
-    val_source: str  # "folder" or "split"
-    excluded: list[Sample] = field(default_factory=list)
-    report: DataReport = field(default_factory=DataReport)
-    holdout: list[Sample] = field(default_factory=list)  # never trained, selected or thresholded on
-    root: Path | None = None  # the train folder, which file names in reports are relative to
-    relabelled: list[RelabelRow] = field(default_factory=list)  # what a relabel file changed
 
 
 def resolve_train_root(data: Path) -> tuple[Path, Path | None]:
@@ -426,7 +416,7 @@ def _add_group(
         out.report.entries.append(DuplicateEntry(group, files[i].path, files[i].label, kind, keys.get(i), detail))
 
 
-def _check_classes_left(root: Path, samples: Sequence[Sample], excluded: Sequence[Sample]) -> None:
+def check_classes_left(root: Path, samples: Sequence[Sample], excluded: Sequence[Sample]) -> None:
     for label, name in enumerate(CLASSES):
         if not any(s.label == label for s in samples):
             gone = [s for s in excluded if s.label == label]
@@ -470,235 +460,14 @@ def scan_folder(root: Path, *, check_decode: bool = True) -> ScanResult:
             "left out %d files under %s: groups holding both labels that are not a pair (label conflicts)",
             len(excluded), root,
         )  # fmt: skip
-    _check_classes_left(root, samples, excluded)
+    check_classes_left(root, samples, excluded)
     return ScanResult(samples, skipped, excluded, out.report)
-
-
-# ------------------------------------------------------------------ relabelling
-
-RELABEL_COLUMNS = ("file", "label", "reason")
-RELABEL_VALUES: dict[str, int | None] = {"negative": 0, "positive": 1, "exclude": None}
-RELABELLED_COLUMNS = ("file", "folder_label", "label", "reason", "note")
-
-
-@dataclass(frozen=True)
-class Relabel:
-    """One row of a relabel file: ``file`` (relative to the train folder), new label (None = left out), why."""
-
-    file: str
-    label: int | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class RelabelRow:
-    """What a relabel row did, as listed in ``reports/relabelled.csv``."""
-
-    file: str
-    folder_label: str
-    label: str
-    reason: str
-    note: str
-
-
-def read_relabel_file(path: Path) -> list[Relabel]:
-    """Read a relabel CSV with columns ``file,label,reason``.
-
-    ``file`` is relative to the train folder (e.g. ``negative/Sample_12.jpg``), ``label``
-    is ``positive``, ``negative`` or ``exclude``, ``reason`` says why (required).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: a missing column, a bad label, an empty reason, an absolute or ``..``
-            path, or a file named twice; the message names the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--relabel {path}: file not found")
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in RELABEL_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"--relabel {path}: columns {', '.join(missing)} missing; need {','.join(RELABEL_COLUMNS)}")
-        rows: list[Relabel] = []
-        seen: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            file = (row["file"] or "").strip()
-            value = (row["label"] or "").strip().lower()
-            reason = (row["reason"] or "").strip()
-            where = f"--relabel {path} line {line}"
-            if not file or file.startswith("/") or ".." in Path(file).parts:
-                raise ValueError(f"{where}: file {file!r}: give a path relative to the train folder, e.g. negative/a.jpg")
-            if value not in RELABEL_VALUES:
-                raise ValueError(f"{where}: label {row['label']!r}: allowed are {', '.join(RELABEL_VALUES)}")
-            if not reason:
-                raise ValueError(f"{where}: {file}: reason is empty; say why the label changes")
-            if file in seen:
-                raise ValueError(f"{where}: {file} is already relabelled on line {seen[file]}")
-            seen[file] = line
-            rows.append(Relabel(file, RELABEL_VALUES[value], reason))
-    return rows
-
-
-def _label_name(label: int | None) -> str:
-    return "exclude" if label is None else CLASSES[label]
-
-
-def apply_relabels(scanned: ScanResult, root: Path, relabels: Sequence[Relabel]) -> tuple[ScanResult, list[RelabelRow]]:
-    """``scanned`` with the relabel rows applied, and what each row did.
-
-    A relabelled file leaves its pair (it is no longer the clean or marked half of one).
-    A label conflict whose members all end up under one label (or left out) returns to
-    the data as an ordinary duplicate group.
-
-    Raises:
-        ValueError: a row names a file that is not a scanned image of ``root``, or a
-            class ends up empty.
-    """
-    root = Path(root)
-    order = {s.path: i for i, s in enumerate(scanned.samples + scanned.excluded)}
-    current = {s.path.relative_to(root).as_posix(): s for s in scanned.samples + scanned.excluded}
-    in_conflict = {s.path for s in scanned.excluded}
-    changed: dict[Path, int | None] = {}
-    for row in relabels:
-        sample = current.get(row.file)
-        if sample is None:
-            skipped = {p.relative_to(root).as_posix() for p, _ in scanned.skipped if p.is_relative_to(root)}
-            why = "was skipped as unreadable (reports/skipped.csv)" if row.file in skipped else "is not an image there"
-            raise ValueError(f"relabel: {root / row.file} {why}; files are named relative to {root}")
-        changed[sample.path] = row.label
-    keep: list[Sample] = []
-    excluded: list[Sample] = []
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for s in scanned.samples + scanned.excluded:
-        label = changed.get(s.path, s.label)
-        if label is None:
-            excluded.append(s)
-            continue
-        moved = Sample(s.path, label, s.group, None) if s.path in changed else s
-        if s.path in in_conflict:
-            groups[s.group].append(moved)
-        else:
-            keep.append(moved)
-    resolved: set[str] = set()
-    for group, members in groups.items():
-        if len({m.label for m in members}) == 1:
-            keep.extend(members)
-            resolved.add(group)
-        else:
-            excluded.extend(members)
-    rows = []
-    for row in relabels:
-        sample = current[row.file]
-        note = "left out" if row.label is None else "relabelled"
-        if sample.path in in_conflict and row.label is not None:
-            note = "label conflict resolved: back in the data" if sample.group in resolved else "still a label conflict: left out"
-        rows.append(RelabelRow(row.file, CLASSES[sample.label], _label_name(row.label), row.reason, note))
-    keep.sort(key=lambda s: order[s.path])
-    excluded.sort(key=lambda s: order[s.path])
-    log.info("relabel: %d files changed (%s)", len(rows), dict(Counter(r.note for r in rows)))
-    _check_classes_left(root, keep, excluded)
-    return ScanResult(keep, scanned.skipped, excluded, scanned.report), rows
-
-
-def write_relabel_report(rows: Sequence[RelabelRow], path: Path) -> Path:
-    """CSV of what a relabel file changed (``file,folder_label,label,reason,note``), written atomically."""
-    return _write_csv(path, RELABELLED_COLUMNS, ((r.file, r.folder_label, r.label, r.reason, r.note) for r in rows))
-
-
-# ------------------------------------------------------------------ splitting
-
-
-def stratified_split(
-    samples: Sequence[Sample], *, val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Seeded split keeping class ratios, never separating a duplicate group.
-
-    Groups (:attr:`Sample.group`: duplicates and pairs) are assigned whole: a group goes
-    to validation when that moves its classes' validation counts towards ``val_fraction``.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction!r}: allowed is 0 < fraction < 1")
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        groups[s.group].append(s)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    totals = [sum(1 for s in samples if s.label == c) for c in (0, 1)]
-    targets = [max(1, round(t * val_fraction)) for t in totals]
-    in_val = [0, 0]
-    train: list[Sample] = []
-    val: list[Sample] = []
-    for key in keys:
-        members = groups[key]
-        need = [sum(1 for s in members if s.label == c) for c in (0, 1)]
-        fits = all(in_val[c] + need[c] <= targets[c] or need[c] == 0 for c in (0, 1))
-        if fits and any(need[c] and in_val[c] < targets[c] for c in (0, 1)):
-            val.extend(members)
-            in_val = [in_val[c] + need[c] for c in (0, 1)]
-        else:
-            train.extend(members)
-    for c, name in enumerate(CLASSES):
-        if not any(s.label == c for s in train) or not any(s.label == c for s in val):
-            raise ValueError(
-                f"cannot split class {name!r} ({totals[c]} images) into train and validation with "
-                f"val_fraction={val_fraction}; add images or provide a val/ folder"
-            )
-    return train, val
-
-
-HOLDOUT_SEED_OFFSET = 104_729  # the held-out draw is independent of the validation draw
-
-
-def load_splits(
-    data: Path, *, val_fraction: float = 0.2, seed: int = 0, holdout_fraction: float = 0.0, relabel: Path | None = None
-) -> DataSplits:
-    """Scan ``data`` and return train/validation(/held-out) samples, skipped files and the data report.
-
-    Args:
-        data: the data folder (see the module docstring for layouts).
-        val_fraction: validation share of all photos when there is no ``val/`` folder.
-        seed: split seed.
-        holdout_fraction: share of all photos of the train folder set aside first (by
-            duplicate group, stratified) as a held-out test split; 0 for none.
-        relabel: a relabel file (:func:`read_relabel_file`) applied to the train folder's
-            labels before any split; None for the folders' labels as they are.
-    """
-    if not 0 <= holdout_fraction < 0.5:
-        raise ValueError(f"holdout_fraction={holdout_fraction!r}: allowed is 0 <= fraction < 0.5")
-    train_root, val_root = resolve_train_root(data)
-    relabels = read_relabel_file(Path(relabel)) if relabel is not None else None  # a bad file fails before the scan
-    scanned = scan_folder(train_root)
-    relabelled: list[RelabelRow] = []
-    if relabels is not None:
-        scanned, relabelled = apply_relabels(scanned, train_root, relabels)
-    samples, holdout = scanned.samples, []
-    if holdout_fraction > 0:
-        samples, holdout = stratified_split(samples, val_fraction=holdout_fraction, seed=seed + HOLDOUT_SEED_OFFSET)
-    if val_root is not None:
-        val_scan = scan_folder(val_root)
-        return DataSplits(
-            samples, val_scan.samples, scanned.skipped + val_scan.skipped, "folder",
-            scanned.excluded + val_scan.excluded, scanned.report.merged(val_scan.report), holdout, train_root,
-            relabelled,
-        )  # fmt: skip
-    share = val_fraction / (1.0 - holdout_fraction)  # of what the held-out split left
-    if not 0 < share < 1:
-        raise ValueError(f"val_fraction={val_fraction} with holdout_fraction={holdout_fraction}: together they must stay below 1")
-    train, val = stratified_split(samples, val_fraction=share, seed=seed)
-    return DataSplits(train, val, scanned.skipped, "split", scanned.excluded, scanned.report, holdout, train_root, relabelled)
-
-
-def write_holdout_list(samples: Sequence[Sample], root: Path, path: Path) -> Path:
-    """CSV ``file,label`` of the held-out split (``file`` relative to ``root``), for ``evaluate --labels``."""
-    rows = sorted((s.path.relative_to(root).as_posix(), s.label) for s in samples)
-    return _write_csv(path, ("file", "label"), rows)
 
 
 # ------------------------------------------------------------------ reports
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+def write_csv_report(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
@@ -709,7 +478,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 
 def write_skipped_report(skipped: Sequence[tuple[Path, str]], path: Path) -> Path:
     """CSV of skipped files (``file,reason``), written atomically."""
-    return _write_csv(path, ("file", "reason"), ((str(p), reason) for p, reason in skipped))
+    return write_csv_report(path, ("file", "reason"), ((str(p), reason) for p, reason in skipped))
 
 
 def write_data_report(report: DataReport, path: Path) -> Path:
@@ -720,49 +489,6 @@ def write_data_report(report: DataReport, path: Path) -> Path:
     """
     entries = sorted(report.entries, key=lambda e: (e.group, str(e.path)))
     rows = ((e.group, str(e.path), CLASSES[e.label], e.kind, e.pair or "", e.detail) for e in entries)
-    _write_csv(path, REPORT_COLUMNS, rows)
+    write_csv_report(path, REPORT_COLUMNS, rows)
     log.info("duplicates: %s; listed in %s", report.counts(), path)
     return path
-
-
-# ------------------------------------------------------------------ batching
-
-
-class PairBatchSampler(Sampler[list[int]]):
-    """Shuffled batches that keep a photo's watermarked and clean versions together.
-
-    Items sharing a key (:attr:`Sample.batch_key`: the pair key, else unique to the
-    sample) land in the same batch, so the loss compares the overlay against the same
-    photo without it. Deterministic per ``seed`` and epoch (call :meth:`set_epoch`).
-    A key with more items than ``batch_size`` makes one larger batch.
-    """
-
-    def __init__(self, keys: Sequence[str], batch_size: int, *, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: must be >= 1")
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, key in enumerate(keys):
-            groups[key].append(index)
-        self.groups = [groups[k] for k in sorted(groups)]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(range(len(self.groups)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        batch: list[int] = []
-        for g in order:
-            members = self.groups[g]
-            if batch and len(batch) + len(members) > self.batch_size:
-                yield batch
-                batch = []
-            batch.extend(members)
-        if batch:
-            yield batch
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self.__iter__())

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train.io import default_tracking_uri, sqlite_path, swap_folder, write_json_atomic
+from train.io import sqlite_path, swap_folder, write_json_atomic
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

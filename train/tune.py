@@ -1,6 +1,6 @@
-"""Hyper-parameter tuning with Optuna; every trial is a real :func:`train.train.train` run.
+"""Hyper-parameter tuning with Optuna; every trial is a real :func:`train.training.run_training` run.
 
-* The objective calls the same ``train()`` as the ``train`` command (no second loop),
+* The objective calls the same ``run_training()`` as the ``train`` command (no second loop),
   with checkpoints kept in memory and no export, and reports the validation score
   after every epoch so :class:`optuna.pruners.MedianPruner` can stop weak trials.
 * The study lives in an RDB storage (SQLite file by default; any SQLAlchemy URL, e.g.
@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from train.config import TrainConfig
 from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
-from train.train import TrainConfig, TrainingStopped, train
+from train.training import TrainingStopped, run_training
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,10 @@ def baseline_params(space: tuple[Dimension, ...], base: TrainConfig, auto_pos_we
 
 
 def _auto_pos_weight(base: TrainConfig) -> float:
-    from train import data as data_lib
-    from train.train import resolve_pos_weight, subsample_groups
+    from train import splits as splits_lib
+    from train.steps import resolve_pos_weight, subsample_groups
 
-    splits = data_lib.load_splits(Path(base.data), val_fraction=base.val_fraction, seed=base.seed)
+    splits = splits_lib.load_splits(Path(base.data), val_fraction=base.val_fraction, seed=base.seed)
     return resolve_pos_weight(replace(base, pos_weight="auto"), subsample_groups(splits.train, base.train_fraction, base.seed))
 
 
@@ -458,7 +459,7 @@ def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
 
             tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number)}
             try:
-                result = train(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
+                result = run_training(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
             except TrainingStopped as stop:
                 trial.set_user_attr("mlflow_run_id", stop.run_id)
                 raise optuna.TrialPruned(str(stop)) from None

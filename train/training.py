@@ -1,19 +1,19 @@
-"""The training loop: staged fine-tuning, checkpoints, early stop, MLflow, export.
+"""A training run: staged fine-tuning, checkpoints, early stop, MLflow, export, registry.
 
-``train(config)`` is the single entry point used by the ``train`` command and by every
-tuning trial (:mod:`train.tune`): it returns the best validation score so callers can
-compare runs, and takes optional hooks for a parent MLflow run and per-epoch reporting.
+:func:`run_training` is the single entry point used by the ``train`` command and by every
+tuning trial (:mod:`train.tune`). It reads as its phases, each a function below: resume
+state, data, network, cached inputs, optimiser, the epoch loop, the best epoch's
+threshold and report, export, registry. It returns the best validation score so callers
+can compare runs, and takes optional hooks for a parent MLflow run and per-epoch reporting.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
-import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from handler.preprocess import PreprocessSpec
 from train import augment as augment_lib
@@ -31,19 +30,19 @@ from train import export as export_lib
 from train import metrics as metrics_lib
 from train import model as model_lib
 from train import overlay as overlay_lib
-from train.io import read_json_option, write_json_atomic, write_with
+from train import relabel as relabel_lib
+from train import splits as splits_lib
+from train.config import TrainConfig, check_resume_config, output_paths
+from train.io import write_json_atomic, write_with
+from train.steps import (
+    build_inputs, evaluate_split, holdout_row, lr_factor, make_items, peak_rss_mb, resolve_pos_weight, seed_everything,
+    select_score, stage_block, subsample_groups, train_one_epoch,
+)
 from train.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-SELECT_METRICS = ("roc_auc", "average_precision", "f1")
-LR_SCHEDULES = ("constant", "cosine")
 CHECKPOINT_VERSION = 1
-# Deeper feature caches are derived from the cache after Mixed_5d (the cut of the
-# default --unfreeze-from Mixed_6a), so every cut shares that one base cache.
-CACHE_BASE_BLOCK = "Mixed_6a"
-# The aux head pools Mixed_6e's map with a 5x5 window and then needs a 5x5 map: 299 px.
-AUX_MIN_SIZE = 299
 
 # Called after every epoch with (epoch number from 1, validation score, history row);
 # returning True stops the run (a pruned tuning trial).
@@ -51,138 +50,11 @@ EpochCallback = Callable[[int, float, dict[str, float]], bool]
 
 
 class TrainingStopped(Exception):
-    """Raised by :func:`train` when the epoch callback asked to stop (run marked KILLED)."""
+    """Raised by :func:`run_training` when the epoch callback asked to stop (run marked KILLED)."""
 
     def __init__(self, epoch: int, score: float, run_id: str | None) -> None:
         super().__init__(f"stopped after epoch {epoch} (score {score:.4f})")
         self.epoch, self.score, self.run_id = epoch, score, run_id
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (saved in checkpoints and MLflow)."""
-
-    data: str
-    output: str = "artifacts"
-    weights: str = "fid-inception"
-    image_size: int = 299
-    resize: str = "squash"
-    pool: str = "avgmax"
-    dropout: float = 0.5
-    epochs: int = 6
-    head_epochs: int = 1
-    unfreeze_from: str = "Mixed_6a"
-    batch_size: int = 16
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    backbone_lr_mult: float = 0.3
-    weight_decay: float = 1e-4
-    pos_weight: str = "auto"
-    aux_weight: float = 0.4
-    augment: int = 1
-    overlay_negatives: float = 0
-    val_fraction: float = 0.2
-    holdout_fraction: float = 0.0
-    holdout_curve: bool = False
-    relabel: str | None = None
-    train_fraction: float = 1.0
-    seed: int = 0
-    patience: int = 3
-    select_metric: str = "roc_auc"
-    threshold_rule: str = "target-fpr"
-    threshold_target: float | None = None
-    cache: bool = True
-    cache_dir: str | None = None
-    cache_dtype: str = "float16"
-    device: str = "cpu"
-    amp: str = "none"
-    channels_last: bool = True
-    num_workers: int = 0
-    tracking_uri: str | None = None
-    experiment: str = "watermark"
-    run_name: str | None = None
-    resume: bool = False
-    progress: bool = True
-    save_checkpoints: bool = True
-    export: bool = True
-    export_tolerance: float = export_lib.DEFAULT_TOLERANCE
-    register: bool = False
-    registered_model: str = "watermark"
-
-    def validate(self) -> None:
-        """Check values at the edge; every message names the option and what is allowed."""
-        positive_ints = {"epochs": self.epochs, "batch_size": self.batch_size}
-        for name, value in positive_ints.items():
-            if value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {value}: must be >= 1")
-        if not 0 <= self.head_epochs <= self.epochs:
-            raise ValueError(f"--head-epochs {self.head_epochs}: allowed is 0..--epochs ({self.epochs})")
-        if self.patience < 1:
-            raise ValueError(f"--patience {self.patience}: must be >= 1")
-        for name in ("lr", "backbone_lr_mult"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a positive number")
-        augment_lib.augmentations_for(self.augment)
-        if not 0 < self.train_fraction <= 1:
-            raise ValueError(f"--train-fraction {self.train_fraction}: allowed is 0 < fraction <= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout {self.dropout}: allowed is 0 <= dropout < 1")
-        if self.register and not self.export:
-            raise ValueError("--register needs the export; drop --no-export")
-        if self.resume and not self.save_checkpoints:
-            raise ValueError("--resume needs checkpoints (save_checkpoints true)")
-        if self.register and not self.save_checkpoints:
-            raise ValueError("--register needs checkpoints (save_checkpoints true)")
-        if not (self.overlay_negatives >= 0 and math.isfinite(self.overlay_negatives)):
-            raise ValueError(f"--overlay-negatives {self.overlay_negatives}: must be a number >= 0")
-        if not 0 <= self.holdout_fraction < 0.5:
-            raise ValueError(f"--holdout-fraction {self.holdout_fraction}: allowed is 0 <= fraction < 0.5")
-        if self.holdout_curve and not self.holdout_fraction:
-            raise ValueError("--holdout-curve scores the held-out split after every epoch; it needs --holdout-fraction > 0")
-        if self.num_workers < 0:
-            raise ValueError(f"--num-workers {self.num_workers}: must be >= 0")
-        cache_lib.check_store_dtype(self.cache_dtype)
-        self.runtime()
-        if self.weight_decay < 0 or self.aux_weight < 0:
-            raise ValueError("--weight-decay and --aux-weight must be >= 0")
-        if self.pos_weight != "auto":
-            try:
-                ok = float(self.pos_weight) > 0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"--pos-weight {self.pos_weight!r}: allowed is 'auto' or a positive number")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"--lr-schedule {self.lr_schedule!r}: allowed are {', '.join(LR_SCHEDULES)}")
-        if self.select_metric not in SELECT_METRICS:
-            raise ValueError(f"--select-metric {self.select_metric!r}: allowed are {', '.join(SELECT_METRICS)}")
-        if self.threshold_rule not in metrics_lib.THRESHOLD_RULES:
-            raise ValueError(
-                f"--threshold-rule {self.threshold_rule!r}: allowed are {', '.join(metrics_lib.THRESHOLD_RULES)}"
-            )
-        model_lib.block_index(self.unfreeze_from)
-        aux_trains = model_lib.block_index(self.unfreeze_from) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
-        if self.aux_weight > 0 and aux_trains and self.image_size < AUX_MIN_SIZE:
-            raise ValueError(
-                f"--image-size {self.image_size} with --unfreeze-from {self.unfreeze_from}: the aux head needs "
-                f"--image-size >= {AUX_MIN_SIZE}; pass --aux-weight 0 or unfreeze from Mixed_7a or later"
-            )
-        if self.unfreeze_from == model_lib.HEAD and self.head_epochs != self.epochs:
-            log.info("--unfreeze-from head: every epoch trains the heads only")
-        PreprocessSpec(image_size=self.image_size, resize=self.resize)
-
-    def runtime(self) -> model_lib.Runtime:
-        """Device, layout and precision of the run (checked: a missing CUDA is a clear error)."""
-        return model_lib.Runtime(device=self.device, amp=self.amp, channels_last=self.channels_last)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; allowed are {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass
@@ -198,184 +70,8 @@ class TrainResult:
     registered_version: str | None = None
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def output_paths(config: TrainConfig) -> dict[str, Path]:
-    root = Path(config.output)
-    return {
-        "root": root,
-        "checkpoints": root / "checkpoints",
-        "export": root / "export",
-        "reports": root / "reports",
-        "cache": Path(config.cache_dir) if config.cache_dir else root / "cache",
-        "mlflow": root / "mlflow",
-    }
-
-
 def save_checkpoint_atomic(state: dict[str, Any], path: Path) -> None:
     write_with(path, lambda handle: torch.save(state, handle))
-
-
-def resolve_pos_weight(config: TrainConfig, samples: list[data_lib.Sample]) -> float:
-    if config.pos_weight != "auto":
-        return float(config.pos_weight)
-    positives = sum(s.label for s in samples)
-    return (len(samples) - positives) / max(1, positives)
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """Learning-rate multiplier at ``progress`` (0 = start of training, 1 = end)."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-    return 1.0
-
-
-def stage_block(config: TrainConfig, epoch: int) -> str:
-    """First trainable block for an epoch: heads only during the first stage."""
-    return model_lib.HEAD if epoch < config.head_epochs else config.unfreeze_from
-
-
-def make_items(samples: list[data_lib.Sample], augmentations: tuple[str, ...]) -> list[tuple[data_lib.Sample, str]]:
-    """Training items: every sample under every augmentation."""
-    return [(s, a) for s in samples for a in augmentations]
-
-
-def build_inputs(
-    model: model_lib.WatermarkNet,
-    items: list[tuple[data_lib.Sample, str]],
-    spec: PreprocessSpec,
-    config: TrainConfig,
-    cut: int,
-    desc: str,
-) -> tuple[Dataset, int]:
-    """Dataset of model inputs and the block index they enter at (0 = pixels)."""
-    if config.cache and cut > 0:
-        paths = output_paths(config)
-        dataset = cache_lib.cached_features(
-            model, items, spec, stop=cut, base_stop=model_lib.block_index(CACHE_BASE_BLOCK),
-            cache_dir=paths["cache"], progress=config.progress, desc=desc, dtype=config.cache_dtype,
-            runtime=config.runtime(),
-        )
-        return dataset, cut
-    return cache_lib.PixelDataset(items, spec), 0
-
-
-def predict_probs(
-    model: model_lib.WatermarkNet, dataset: Dataset, start: int, batch_size: int, runtime: model_lib.Runtime | None = None,
-    num_workers: int = 0,
-) -> np.ndarray:
-    """Sigmoid probabilities in eval mode, in dataset order."""
-    runtime = runtime or model_lib.Runtime()
-    model.eval()
-    out: list[np.ndarray] = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    with torch.inference_mode():
-        for inputs, _ in loader:
-            with runtime.autocast():
-                logits, _ = model.forward_from(runtime.input(inputs), start)
-            out.append(torch.sigmoid(logits.double()).squeeze(1).cpu().numpy())  # float64: no saturation at 1.0
-    return np.concatenate(out) if out else np.zeros(0)
-
-
-def train_one_epoch(
-    model: model_lib.WatermarkNet,
-    loader: DataLoader,
-    start: int,
-    first_trainable: str,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    aux_weight: float,
-    *,
-    desc: str,
-    progress: bool,
-    runtime: model_lib.Runtime | None = None,
-    lr_at: Callable[[float], float] | None = None,
-) -> float:
-    """One pass over the training batches; returns the mean loss.
-
-    ``lr_at(fraction of the epoch done)`` gives the learning-rate multiplier per step
-    (applied to each parameter group's ``initial_lr``); None keeps the rates as they are.
-    """
-    model_lib.set_trainable(model, first_trainable)
-    model_lib.set_train_mode(model, first_trainable)
-    runtime = runtime or model_lib.Runtime()
-    total, count = 0.0, 0
-    with_aux = aux_weight > 0 and model_lib.block_index(first_trainable) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
-    bar = tqdm(loader, desc=desc, disable=None if progress else True, unit="batch", leave=False)
-    steps = max(1, len(loader)) if lr_at is not None else 1
-    for step, (inputs, labels) in enumerate(bar):
-        if lr_at is not None:
-            factor = lr_at(step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-        labels = labels.float().unsqueeze(1).to(runtime.device)
-        optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast():
-            logits, aux = model.forward_from(runtime.input(inputs), start, with_aux=with_aux)
-        loss = criterion(logits.float(), labels)
-        if aux is not None:
-            loss = loss + aux_weight * criterion(aux.float(), labels)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(labels)
-        count += len(labels)
-        bar.set_postfix(loss=f"{total / count:.4f}")
-    return total / max(1, count)
-
-
-def evaluate_split(
-    model: model_lib.WatermarkNet, dataset: Dataset, start: int, config: TrainConfig, labels: np.ndarray
-) -> tuple[dict[str, float], metrics_lib.ThresholdChoice, np.ndarray]:
-    probs = predict_probs(model, dataset, start, config.batch_size, config.runtime(), config.num_workers)
-    choice = metrics_lib.choose_threshold(labels, probs, config.threshold_rule, config.threshold_target)
-    scores = metrics_lib.binary_metrics(labels, probs, choice.threshold)
-    eps = 1e-7
-    clipped = np.clip(probs, eps, 1 - eps)
-    scores["loss"] = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
-    scores["threshold"] = choice.threshold
-    return scores, choice, probs
-
-
-def holdout_row(
-    model: model_lib.WatermarkNet, dataset: Dataset, labels: np.ndarray, start: int, config: TrainConfig, threshold: float
-) -> dict[str, float]:
-    """``holdout_*`` metrics of this epoch at its validation threshold: a time-vs-quality
-    curve for reports only. Nothing (epoch, threshold, stopping) is ever chosen from them,
-    and the random state is restored (a DataLoader draws its seed from it), so the run
-    trains exactly as it would without the curve."""
-    with torch.random.fork_rng(devices=[]):
-        probs = predict_probs(model, dataset, start, config.batch_size, config.runtime(), config.num_workers)
-    scores = metrics_lib.binary_metrics(labels, probs, threshold)
-    return {f"holdout_{k}": scores[k] for k in ("f1", "precision", "recall", "fpr", "roc_auc")}
-
-
-def _score(metrics: dict[str, float], name: str) -> float:
-    value = metrics.get(name, float("nan"))
-    return -1.0 if value is None or math.isnan(value) else float(value)
-
-
-# ---------------------------------------------------------------- main loop
-
-
-def subsample_groups(samples: list[data_lib.Sample], fraction: float, seed: int) -> list[data_lib.Sample]:
-    """Keep a seeded share of the duplicate groups (pairs and copies stay together)."""
-    if fraction >= 1:
-        return samples
-    groups = sorted({s.group for s in samples})
-    keep = set(random.Random(seed).sample(groups, max(1, round(len(groups) * fraction))))
-    return [s for s in samples if s.group in keep]
 
 
 @dataclass
@@ -387,13 +83,11 @@ class Run:
     started: float
     prefix: str  # of the progress bars, e.g. "trial 3 "
 
-
 @dataclass
 class PreparedData:
-    splits: data_lib.DataSplits
+    splits: splits_lib.DataSplits
     counts: dict[str, int]
     reports: list[Path]  # written under reports/, logged to MLflow
-
 
 @dataclass
 class Network:
@@ -401,7 +95,6 @@ class Network:
     normalization: str
     spec: PreprocessSpec
     runtime: model_lib.Runtime
-
 
 @dataclass
 class Inputs:
@@ -412,12 +105,11 @@ class Inputs:
     start: int  # block index the cached inputs enter at (0: pixels)
     cut: int
     val_labels: np.ndarray
-    sampler: data_lib.PairBatchSampler
+    sampler: splits_lib.PairBatchSampler
     loader: DataLoader
     head: tuple[DataLoader, Dataset] | None  # the whole backbone cached, for the head-only epochs
     holdout: tuple[Dataset, np.ndarray] | None  # for the held-out curve (reports only)
     seconds: float
-
 
 @dataclass
 class Progress:
@@ -431,8 +123,7 @@ class Progress:
     best_state: dict[str, Any] | None = None  # the best epoch's checkpoint, kept in memory
     stopped_early: bool = False
 
-
-def train(
+def run_training(
     config: TrainConfig,
     *,
     parent_run_id: str | None = None,
@@ -494,7 +185,6 @@ def train(
     finally:
         tracker.end(status)
 
-
 def load_resume_state(run: Run) -> dict[str, Any] | None:
     """``last.pt`` with ``--resume`` (its options must match), else None."""
     last_path = run.paths["checkpoints"] / "last.pt"
@@ -505,14 +195,13 @@ def load_resume_state(run: Run) -> dict[str, Any] | None:
     if not last_path.is_file():
         raise FileNotFoundError(f"--resume: {last_path} does not exist; start without --resume")
     state = torch.load(last_path, map_location="cpu", weights_only=False)
-    _check_resume_config(state["config"], run.config)
+    check_resume_config(state["config"], run.config)
     return state
-
 
 def prepare_data(run: Run) -> PreparedData:
     """Scan and split the data, add overlays, write the data reports; counts for MLflow."""
     config, reports_dir = run.config, run.paths["reports"]
-    splits = data_lib.load_splits(
+    splits = splits_lib.load_splits(
         Path(config.data), val_fraction=config.val_fraction, seed=config.seed, holdout_fraction=config.holdout_fraction,
         relabel=Path(config.relabel) if config.relabel else None,
     )
@@ -525,11 +214,11 @@ def prepare_data(run: Run) -> PreparedData:
     reports = [skipped_csv, data_lib.write_data_report(splits.report, reports_dir / "duplicates.csv")]  # logs its counts
     relabelled_csv, holdout_csv = reports_dir / "relabelled.csv", reports_dir / "holdout.csv"
     if config.relabel:
-        data_lib.write_relabel_report(splits.relabelled, relabelled_csv)
+        relabel_lib.write_relabel_report(splits.relabelled, relabelled_csv)
     else:
         relabelled_csv.unlink(missing_ok=True)  # a stale list from an earlier run would claim labels this run did not change
     if splits.holdout:
-        data_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
+        splits_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
         reports.append(holdout_csv)
     else:
         holdout_csv.unlink(missing_ok=True)  # a stale list from an earlier run would be evaluated as if held out
@@ -549,7 +238,6 @@ def prepare_data(run: Run) -> PreparedData:
     log.info("data: %s (validation from %s); skipped %d files, listed in %s", counts, splits.val_source, len(splits.skipped), skipped_csv)
     return PreparedData(splits, counts, reports)
 
-
 def build_network(config: TrainConfig, resume_state: dict[str, Any] | None) -> Network:
     """The model with its backbone weights (or the resumed ones), on the run's device."""
     model, normalization = model_lib.build_model(config.weights, pool=config.pool, dropout=config.dropout)
@@ -559,8 +247,7 @@ def build_network(config: TrainConfig, resume_state: dict[str, Any] | None) -> N
     runtime = config.runtime()
     return Network(runtime.prepare(model), normalization, spec, runtime)
 
-
-def build_training_inputs(run: Run, net: Network, splits: data_lib.DataSplits, *, resumed_epochs: int) -> Inputs:
+def build_training_inputs(run: Run, net: Network, splits: splits_lib.DataSplits, *, resumed_epochs: int) -> Inputs:
     """Datasets and loaders of every split, from the feature cache where it is on.
 
     Features of the frozen blocks come from the pretrained (or resumed) weights, which
@@ -578,7 +265,7 @@ def build_training_inputs(run: Run, net: Network, splits: data_lib.DataSplits, *
     if config.holdout_curve:
         holdout_set, _ = build_inputs(net.model, make_items(splits.holdout, ("orig",)), net.spec, config, cut, f"{prefix}cache holdout")
         holdout = (holdout_set, np.array([s.label for s in splits.holdout], dtype=int))
-    sampler = data_lib.PairBatchSampler([s.batch_key for s, _ in train_items], config.batch_size, seed=config.seed)
+    sampler = splits_lib.PairBatchSampler([s.batch_key for s, _ in train_items], config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)
     head = None
     end = len(model_lib.BLOCKS)
@@ -589,7 +276,6 @@ def build_training_inputs(run: Run, net: Network, splits: data_lib.DataSplits, *
     val_labels = np.array([s.label for s in splits.val], dtype=int)
     return Inputs(train_set, val_set, start, cut, val_labels, sampler, loader, head, holdout, time.time() - t0)
 
-
 def build_optimizer(model: model_lib.WatermarkNet, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the parameter groups; ``initial_lr`` records each group's base rate."""
     optimizer = torch.optim.AdamW(
@@ -598,7 +284,6 @@ def build_optimizer(model: model_lib.WatermarkNet, config: TrainConfig) -> torch
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer
-
 
 def restore_progress(optimizer: torch.optim.Optimizer, resume_state: dict[str, Any] | None, config: TrainConfig) -> Progress:
     """A fresh :class:`Progress`, or the one saved in ``last.pt`` (optimiser and RNG too)."""
@@ -613,7 +298,6 @@ def restore_progress(optimizer: torch.optim.Optimizer, resume_state: dict[str, A
     log.info("resuming after epoch %d (best %s %.4f)", progress.first_epoch, config.select_metric, progress.best_score)
     return progress
 
-
 def log_run_start(tracker: Tracker, run: Run, data: PreparedData, net: Network, inputs: Inputs, pos_weight: float) -> None:
     config = run.config
     tracker.set_tags({"weights": config.weights, "normalization": net.normalization})
@@ -622,7 +306,6 @@ def log_run_start(tracker: Tracker, run: Run, data: PreparedData, net: Network, 
     for report in data.reports:
         tracker.log_artifact(report, "reports")
     tracker.log_metrics({"cache_seconds": inputs.seconds})
-
 
 def run_epochs(
     run: Run, net: Network, inputs: Inputs, optimizer: torch.optim.Optimizer, criterion: nn.Module,
@@ -657,7 +340,7 @@ def run_epochs(
             measuring += time.time() - t_holdout
         progress.history.append(row)
         tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        score = _score(val_scores, config.select_metric)
+        score = select_score(val_scores, config.select_metric)
         improved = score > progress.best_score
         if improved:
             progress.best_score, progress.bad_epochs = score, 0
@@ -676,7 +359,6 @@ def run_epochs(
             log.info("early stop: no %s improvement for %d epochs", config.select_metric, progress.bad_epochs)
             progress.stopped_early = True
             break
-
 
 def save_epoch(
     run: Run, net: Network, optimizer: torch.optim.Optimizer, progress: Progress, tracker: Tracker, epoch: int,
@@ -697,7 +379,6 @@ def save_epoch(
         if improved:
             save_checkpoint_atomic(progress.best_state, run.paths["checkpoints"] / "best.pt")
         save_checkpoint_atomic(state, run.paths["checkpoints"] / "last.pt")
-
 
 def finalise(
     run: Run, net: Network, inputs: Inputs, progress: Progress, tracker: Tracker, counts: dict[str, int]
@@ -729,9 +410,8 @@ def finalise(
     tracker.log_artifact(run.paths["reports"] / "metrics.json", "reports")
     return best, val_scores, choice
 
-
 def export_best(
-    run: Run, net: Network, splits: data_lib.DataSplits, best: dict[str, Any], val_scores: dict[str, float],
+    run: Run, net: Network, splits: splits_lib.DataSplits, best: dict[str, Any], val_scores: dict[str, float],
     choice: metrics_lib.ThresholdChoice, tracker: Tracker,
 ) -> str:
     """Trace the best model on the CPU, parity-check it on real photos and write the bundle."""
@@ -751,7 +431,6 @@ def export_best(
     log.info("exported to %s (parity max |diff| %.2e)", run.paths["export"], parity["max_abs_diff"])
     return str(run.paths["export"])
 
-
 def register_export(config: TrainConfig, tracker: Tracker, best_score: float) -> Any:
     """Register the run's export in the MLflow model registry (champion first, then challenger)."""
     from train import registry as registry_lib
@@ -762,28 +441,3 @@ def register_export(config: TrainConfig, tracker: Tracker, best_score: float) ->
     tracker.set_tags({"registered_model": f"{registered.name}/{registered.version}"})
     log.info("registered %s version %s (aliases: %s)", registered.name, registered.version, ", ".join(registered.aliases) or "none")
     return registered
-
-
-RESUME_MUST_MATCH = (
-    "data", "weights", "image_size", "resize", "pool", "unfreeze_from", "seed", "augment", "val_fraction",
-    "overlay_negatives", "train_fraction", "holdout_fraction", "relabel",
-)
-
-
-def _check_resume_config(saved: dict[str, Any], config: TrainConfig) -> None:
-    changed = [k for k in RESUME_MUST_MATCH if saved.get(k) != getattr(config, k)]
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"--resume: options differ from the checkpoint ({details}); rerun with the original values or without --resume")
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Training options from a JSON file (e.g. tuned parameters); keys as in :class:`TrainConfig`."""
-    values = read_json_option(path, "--config")
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a JSON object of training options")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"--config {path}: unknown options {unknown}; allowed are {sorted(known)}")
-    return values
