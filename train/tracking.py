@@ -9,6 +9,19 @@ from typing import Any
 from train.io import default_tracking_uri, sqlite_path
 
 
+def ensure_experiment(tracking_uri: str | None, output: Path, name: str) -> str:
+    """The id of MLflow experiment ``name`` in the current store, created when missing.
+    In the embedded store (no ``tracking_uri`` given) artifacts live beside it, under
+    ``OUTPUT/mlflow/artifacts``."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None if tracking_uri else (Path(output) / "mlflow" / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
 class Tracker:
     """One MLflow run (new, resumed by id, or nested under a parent); MLflow is imported
     only when a tracker is made, so importing training code has no side effects."""
@@ -31,14 +44,7 @@ class Tracker:
         if (db := sqlite_path(uri)) is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(uri)
-        found = mlflow.get_experiment_by_name(experiment)
-        if found is None:
-            location = None
-            if not tracking_uri:  # the embedded store keeps its artifacts beside it
-                location = (Path(output) / "mlflow" / "artifacts").resolve().as_uri()
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-        else:
-            experiment_id = found.experiment_id
+        experiment_id = ensure_experiment(tracking_uri, Path(output), experiment)
         self.run = mlflow.start_run(
             run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name,
             nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=tags,

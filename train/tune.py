@@ -21,12 +21,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from train.config import TrainConfig
 from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
+from train.tracking import ensure_experiment
 from train.training import TrainingStopped, run_training
 
 log = logging.getLogger(__name__)
@@ -375,7 +377,11 @@ def trial_summary(trial: Any, total: int) -> str:
 
 
 def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
-    """Run (or resume) the study until ``n_trials`` trials have finished (complete or pruned)."""
+    """Run (or resume) the study until ``n_trials`` trials have finished (complete or pruned).
+
+    Phases: check the options and reach the stores, open (or resume) the study, find (or
+    start) the parent MLflow run, optimise, then write the best options and the counts.
+    """
     import mlflow
     import optuna
 
@@ -389,6 +395,36 @@ def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
     check_tracking(tracking_uri)
     paths["trials"].mkdir(parents=True, exist_ok=True)
     cache_dir = Path(base.cache_dir) if base.cache_dir else Path(base.output) / "cache"
+
+    study, remaining = open_study(base, settings, space, storage, storage_url)
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(base.tracking_uri, Path(base.output), base.experiment)
+    parent_id = existing_parent_run(study)
+    started = time.time()
+    parent_name = None if parent_id else f"tune-{settings.study_name}"
+    with mlflow.start_run(run_id=parent_id, experiment_id=None if parent_id else experiment_id, run_name=parent_name) as parent:
+        parent_id = parent.info.run_id
+        study.set_user_attr("mlflow_parent_run_id", parent_id)
+        mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": storage_url, "kind": "tuning"})
+        if not mlflow.get_run(parent_id).data.params:
+            mlflow.log_params({"n_trials": settings.n_trials, "space": json.dumps(space_to_json(space))[:500], **{f"base_{k}": str(v)[:250] for k, v in asdict(base).items()}})
+        if remaining > 0:
+            objective = make_objective(base, settings, space, paths, cache_dir, tracking_uri, parent_id)
+            after_trial = make_after_trial(base, settings, paths)
+            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, callbacks=[after_trial], gc_after_trial=True)
+        best, counts = finish_study(study, base, paths, parent_id, experiment_id)
+    return TuneResult(
+        study_name=settings.study_name, storage=storage_url, best_value=best.value if best else None,
+        best_params=dict(best.params) if best else {}, best_trial=best.number if best else None,
+        best_config_path=str(paths["best"]) if best else None, counts=counts, parent_run_id=parent_id,
+        seconds=time.time() - started,
+    )
+
+
+def open_study(base: TrainConfig, settings: TuneSettings, space: list[Any], storage: Any, storage_url: str) -> tuple[Any, int]:
+    """Create or resume the study (with the baseline trial queued first); and how many
+    trials are still to run."""
+    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -427,79 +463,87 @@ def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
         "study %s in %s: %d finished trial(s) so far, %d to run; space: %s",
         settings.study_name, storage_url, done_before, max(0, remaining), "; ".join(d.describe() for d in space),
     )
+    return study, remaining
 
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(base.experiment)
-    if experiment is None:
-        location = None if base.tracking_uri else (Path(base.output) / "mlflow" / "artifacts").resolve().as_uri()
-        experiment_id = mlflow.create_experiment(base.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+
+def existing_parent_run(study: Any) -> str | None:
+    """The study's parent MLflow run, when it still exists in the store."""
+    import mlflow
+
     parent_id = study.user_attrs.get("mlflow_parent_run_id")
     if parent_id is not None:
         try:
             mlflow.get_run(parent_id)
         except Exception:  # noqa: BLE001 - the run was deleted from the store: start a new parent
             parent_id = None
-    started = time.time()
-    with mlflow.start_run(run_id=parent_id, experiment_id=None if parent_id else experiment_id, run_name=None if parent_id else f"tune-{settings.study_name}") as parent:
-        parent_id = parent.info.run_id
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
-        mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": storage_url, "kind": "tuning"})
-        if not mlflow.get_run(parent_id).data.params:
-            mlflow.log_params({"n_trials": settings.n_trials, "space": json.dumps(space_to_json(space))[:500], **{f"base_{k}": str(v)[:250] for k, v in asdict(base).items()}})
+    return parent_id
 
-        def objective(trial: optuna.Trial) -> float:
-            params = {d.name: d.suggest(trial) for d in space}
-            config = trial_config(base, params, trial.number, paths["trials"], cache_dir, tracking_uri)
 
-            def report(epoch: int, score: float, row: dict[str, float]) -> bool:
-                trial.report(score, step=epoch)
-                return epoch < config.epochs and trial.should_prune()
+def make_objective(
+    base: TrainConfig, settings: TuneSettings, space: list[Any], paths: dict[str, Path], cache_dir: Path,
+    tracking_uri: str, parent_id: str,
+) -> Callable[[Any], float]:
+    """Optuna's objective: one :func:`run_training` per trial, pruned through its epoch hook."""
+    import optuna
 
-            tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number)}
-            try:
-                result = run_training(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
-            except TrainingStopped as stop:
-                trial.set_user_attr("mlflow_run_id", stop.run_id)
-                raise optuna.TrialPruned(str(stop)) from None
-            trial.set_user_attr("mlflow_run_id", result.run_id)
-            trial.set_user_attr("val_f1", result.val_metrics.get("f1"))
-            trial.set_user_attr("threshold", result.threshold.get("threshold"))
-            trial.set_user_attr("epochs_run", result.epochs_run)
-            return result.best_score
+    def objective(trial: optuna.Trial) -> float:
+        params = {d.name: d.suggest(trial) for d in space}
+        config = trial_config(base, params, trial.number, paths["trials"], cache_dir, tracking_uri)
 
-        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            print(trial_summary(trial, settings.n_trials), flush=True)
-            write_trials_csv(study, paths["csv"])
-            try:
-                best = study.best_trial
-            except ValueError:
-                return
-            write_json_atomic(paths["best"], best_config_values(base, best.params))
-            mlflow.log_metrics({"best_value": float(best.value), "finished_trials": float(_finished(study))}, step=trial.number)
-            mlflow.set_tags({"best_trial": str(best.number), "best_mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))})
+        def report(epoch: int, score: float, row: dict[str, float]) -> bool:
+            trial.report(score, step=epoch)
+            return epoch < config.epochs and trial.should_prune()
 
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, callbacks=[after_trial], gc_after_trial=True)
+        tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number)}
+        try:
+            result = run_training(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
+        except TrainingStopped as stop:
+            trial.set_user_attr("mlflow_run_id", stop.run_id)
+            raise optuna.TrialPruned(str(stop)) from None
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("val_f1", result.val_metrics.get("f1"))
+        trial.set_user_attr("threshold", result.threshold.get("threshold"))
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        return result.best_score
+
+    return objective
+
+
+def make_after_trial(base: TrainConfig, settings: TuneSettings, paths: dict[str, Path]) -> Callable[[Any, Any], None]:
+    """After every trial: print its line, rewrite trials.csv and best_config.json, log the best so far."""
+    import mlflow
+
+    def after_trial(study: Any, trial: Any) -> None:
+        print(trial_summary(trial, settings.n_trials), flush=True)
         write_trials_csv(study, paths["csv"])
-        closed = close_orphan_runs(study, parent_id, experiment_id)
-        if closed:
-            log.info("marked %d MLflow run(s) of interrupted trials as FAILED", closed)
-        counts = {state: sum(1 for t in study.trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-        mlflow.log_metrics({f"trials_{k.lower()}": float(v) for k, v in counts.items()})
         try:
             best = study.best_trial
         except ValueError:
-            best = None
-        if best is not None:
-            write_json_atomic(paths["best"], best_config_values(base, best.params))
-            mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-            mlflow.log_artifact(str(paths["best"]))
-        mlflow.log_artifact(str(paths["csv"]))
-    return TuneResult(
-        study_name=settings.study_name, storage=storage_url, best_value=best.value if best else None,
-        best_params=dict(best.params) if best else {}, best_trial=best.number if best else None,
-        best_config_path=str(paths["best"]) if best else None, counts=counts, parent_run_id=parent_id,
-        seconds=time.time() - started,
-    )
+            return
+        write_json_atomic(paths["best"], best_config_values(base, best.params))
+        mlflow.log_metrics({"best_value": float(best.value), "finished_trials": float(_finished(study))}, step=trial.number)
+        mlflow.set_tags({"best_trial": str(best.number), "best_mlflow_run_id": str(best.user_attrs.get("mlflow_run_id"))})
+
+    return after_trial
+
+
+def finish_study(study: Any, base: TrainConfig, paths: dict[str, Path], parent_id: str, experiment_id: str) -> tuple[Any, dict[str, int]]:
+    """Close runs of interrupted trials, log the counts, write the best options; (best trial or None, counts)."""
+    import mlflow
+
+    write_trials_csv(study, paths["csv"])
+    closed = close_orphan_runs(study, parent_id, experiment_id)
+    if closed:
+        log.info("marked %d MLflow run(s) of interrupted trials as FAILED", closed)
+    counts = {state: sum(1 for t in study.trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    mlflow.log_metrics({f"trials_{k.lower()}": float(v) for k, v in counts.items()})
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    if best is not None:
+        write_json_atomic(paths["best"], best_config_values(base, best.params))
+        mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+        mlflow.log_artifact(str(paths["best"]))
+    mlflow.log_artifact(str(paths["csv"]))
+    return best, counts
