@@ -108,7 +108,7 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
 
     from train import synth
     from train.splits import load_splits
-    from train.overlay import overlay_negatives
+    from train.overlay import add_overlay_pairs
 
     splits = load_splits(tiny_dataset, val_fraction=0.2, seed=0)
     calls: list[dict] = []
@@ -119,7 +119,7 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
         return real_render(image, rng, **kwargs)
 
     monkeypatch.setattr(synth, "render_watermark", spy)
-    result = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
+    result = add_overlay_pairs(splits.train, tmp_path / "ov", copies=2, seed=0)
     negatives = [s for s in splits.train if s.label == 0]
     made = [s for s in result if s.label == 1 and (s.pair or "").startswith("overlay:")]
     twins = [s for s in result if s.label == 0 and (s.pair or "").startswith("overlay:")]
@@ -133,12 +133,12 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
             assert a.quantization == b.quantization  # same JPEG history: re-encoding is no shortcut
             diff = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
         assert (diff > 24).mean() < 0.5  # the mark changes part of the photo, not all of it
-    again = overlay_negatives(splits.train, tmp_path / "ov", copies=2, seed=0)
+    again = add_overlay_pairs(splits.train, tmp_path / "ov", copies=2, seed=0)
     assert [s.path for s in again] == [s.path for s in result]  # reused, deterministic
-    half = overlay_negatives(splits.train, tmp_path / "ov2", copies=0.5, seed=0)
+    half = add_overlay_pairs(splits.train, tmp_path / "ov2", copies=0.5, seed=0)
     assert 0 < sum(s.label == 1 and (s.pair or "").startswith("overlay:") for s in half) < len(negatives)
     with pytest.raises(ValueError, match="overlay-negatives -1"):
-        overlay_negatives(splits.train, tmp_path / "ov", copies=-1, seed=0)
+        add_overlay_pairs(splits.train, tmp_path / "ov", copies=-1, seed=0)
 
     out = tmp_path / "out"
     run_training(tiny_config(tiny_dataset, out, epochs=1, overlay_negatives=1, export=False))

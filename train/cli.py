@@ -321,6 +321,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """Every command and option of ``python -m train`` in one place (long by nature: one
+    statement per option, kept together so the CLI reads as one table)."""
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

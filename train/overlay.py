@@ -71,7 +71,7 @@ def _render_pair(source: Path, folder: Path, count: int, seed_text: str) -> tupl
     return twin, marked
 
 
-def overlay_negatives(samples: Sequence[Sample], out_dir: Path, *, copies: float, seed: int) -> list[Sample]:
+def add_overlay_pairs(samples: Sequence[Sample], out_dir: Path, *, copies: float, seed: int) -> list[Sample]:
     """The training samples with synthetic pairs: chosen clean photos become (twin, marked copies).
 
     Args:

@@ -207,7 +207,7 @@ def prepare_data(run: Run) -> PreparedData:
     )
     splits.train = subsample_groups(splits.train, config.train_fraction, config.seed)
     if config.overlay_negatives:
-        splits.train = overlay_lib.overlay_negatives(
+        splits.train = overlay_lib.add_overlay_pairs(
             splits.train, run.paths["root"] / "overlay", copies=config.overlay_negatives, seed=config.seed
         )
     skipped_csv = data_lib.write_skipped_report(splits.skipped, reports_dir / "skipped.csv")
