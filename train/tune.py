@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from train.config import TrainConfig
-from train.io import default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
+from train.io import SQLITE_PREFIX, default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
 from train.tracking import ensure_experiment
 from train.training import TrainingStopped, run_training
 
@@ -236,7 +236,7 @@ def tune_paths(base: TrainConfig, settings: TuneSettings) -> dict[str, Path]:
 
 
 def default_storage(root: Path) -> str:
-    return f"sqlite:///{(root / 'optuna.db').resolve()}"
+    return f"{SQLITE_PREFIX}{(root / 'optuna.db').resolve()}"
 
 
 def open_storage(url: str, heartbeat_seconds: int):
