@@ -290,3 +290,41 @@ def test_eval_sets(built: tuple[Path, dict]) -> None:
         assert entry["scene_text"]["split"] == "heldout"
     assert set(evals["hard_negatives"]["base_photos"]) <= test_photos
     assert set(evals["heldout_styles"]["base_photos"]) <= test_photos
+
+
+def test_extra_fonts_on_the_discovery_path_do_not_change_the_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built: tuple[Path, dict]
+) -> None:
+    """The demo is built from the declared fonts alone: an extra font folder that every
+    other use of the renderer would pick up changes no byte of it."""
+    from train.synth import fonts
+
+    extra = tmp_path / "extra-fonts"
+    extra.mkdir()
+    bundled = fonts.bundled_font_dir()
+    assert bundled is not None
+    for name in ("DejaVuSans.ttf", "DejaVuSerif.ttf"):
+        (extra / f"Extra{name}").write_bytes((bundled / name).read_bytes())
+    monkeypatch.setenv(fonts.FONT_DIRS_ENV, str(extra))
+    assert {p.name for p in fonts.font_candidates()} >= {"ExtraDejaVuSans.ttf", "ExtraDejaVuSerif.ttf"}  # discovery sees them
+    again = tmp_path / "data"
+    manifest = demo.build_demo_dataset(again, seed=3, **TINY)
+    assert _files(again) == _files(built[0])
+    assert manifest["inputs"]["font_files"] > 0 and manifest["inputs"]["fonts_sha256"] == built[1]["inputs"]["fonts_sha256"]
+
+
+def test_missing_declared_inputs_are_announced_and_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from train.synth import fonts
+
+    files, _ = fonts.declared_font_files()
+    monkeypatch.setattr(demo, "declared_font_files", lambda: (files, ["fonts-farsiweb"]))
+    found = photos.find_base_photos()
+    monkeypatch.setattr(demo, "find_base_photos", lambda: [p for p in found if not p.source.startswith("sklearn/")])
+    with caplog.at_level("WARNING"):
+        manifest = demo.build_demo_dataset(tmp_path / "data", seed=3, **TINY)
+    assert manifest["inputs"]["missing_font_packages"] == ["fonts-farsiweb"]
+    assert manifest["inputs"]["missing_photo_sources"] == ["sklearn/datasets/images"]
+    assert "declared font packages missing: fonts-farsiweb" in caplog.text
+    assert "declared photo sources missing: sklearn/datasets/images" in caplog.text

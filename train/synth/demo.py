@@ -29,11 +29,20 @@ together), so no background is shared between train, val, test and the evaluatio
                                  relative to the set's folder; family/font/placement/split
                                  describe the watermark (empty on negatives), scene_text is
                                  the scene-text kind (empty when none)
-    OUT/manifest.json            seed, parameters, counts, base photos, style pools, eval
-                                 sets, per-file styles (watermark and scene text)
+    OUT/manifest.json            seed, parameters, inputs (fonts and photo sources used),
+                                 counts, base photos, style pools, eval sets, per-file
+                                 styles (watermark and scene text)
 
 Clean and watermarked versions of a crop go through the same JPEG history, so the
-only difference between them is the mark. The output folder is built next to OUT and
+only difference between them is the mark.
+
+The inputs are declared, so the same seed gives the same bytes on every machine of the
+same kind: the fonts are those of :data:`train.synth.fonts.DECLARED_FONT_PACKAGES` (what
+``scripts/setup_fonts.sh`` installs) plus matplotlib's bundled ones, whatever else is
+installed (:func:`declared_fonts_only`), and the photos come from the pinned Python
+packages of :data:`train.synth.photos.DECLARED_PHOTO_SOURCES`. A declared font package or
+photo source that is missing is announced with a warning and recorded in the manifest
+(``inputs``), with a digest of the font files used. The output folder is built next to OUT and
 renamed into place, so OUT is never left half-written.
 
 Usage::
@@ -45,11 +54,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import logging
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +76,9 @@ from train.synth.demo_crops import (
 )
 from train.synth.demo_files import TEST_LABELS_FILE, Gathered, write_eval_sets, write_photo_crops, write_test_split
 from train.synth.families import FAMILY_WEIGHTS, STYLE_FAMILIES
-from train.synth.fonts import available_fonts
-from train.synth.photos import INSTALL_HINT, MIN_BASE_PHOTOS, BasePhoto, find_base_photos
+from train.synth import icons
+from train.synth.fonts import DECLARED_FONT_PACKAGES, available_fonts, declared_font_files, pin_font_files
+from train.synth.photos import INSTALL_HINT, MIN_BASE_PHOTOS, BasePhoto, find_base_photos, missing_photo_sources
 from train.synth.render import style_pools
 from train.synth.scene_text import HARD_NEGATIVE_KINDS
 from train.synth.text import SCRIPTS
@@ -177,10 +190,18 @@ def build_demo_dataset(
         )
 
     started = time.monotonic()
-    with staged_folder(out_dir) as tmp_dir:
+    inputs = {"missing_photo_sources": missing_photo_sources(photos)}
+    if inputs["missing_photo_sources"]:
+        log.warning(
+            "declared photo sources missing: %s; the dataset differs from the reference one (install: %s)",
+            ", ".join(inputs["missing_photo_sources"]), INSTALL_HINT,
+        )
+    with declared_fonts_only() as fonts_used, staged_folder(out_dir) as tmp_dir:
+        inputs.update(fonts_used)
         manifest = _build_into(
             tmp_dir,
             photos,
+            inputs,
             seed=seed,
             crops_per_photo=crops_per_photo,
             image_size=image_size,
@@ -208,10 +229,43 @@ def build_demo_dataset(
     return manifest
 
 
+@contextlib.contextmanager
+def declared_fonts_only() -> Iterator[dict[str, Any]]:
+    """Build with the declared fonts alone (:func:`train.synth.fonts.declared_font_files`):
+    a font installed by anything else, or added through ``$WATERMARK_FONT_DIRS``, does not
+    change the dataset. A declared package that is missing is announced here and recorded
+    in the manifest; the build then uses the declared fonts that are present.
+
+    Yields:
+        What the manifest records: missing font packages, the number of font files and
+        one sha256 over their names and bytes.
+    """
+    files, missing = declared_font_files()
+    if missing:
+        log.warning(
+            "declared font packages missing: %s; the dataset differs from the reference one "
+            "(run scripts/setup_fonts.sh)", ", ".join(missing),
+        )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    pin_font_files(files)
+    icons.icon_source.cache_clear()
+    try:
+        yield {
+            "font_packages": list(DECLARED_FONT_PACKAGES), "missing_font_packages": missing,
+            "font_files": len(files), "fonts_sha256": digest.hexdigest(),
+        }
+    finally:
+        pin_font_files(None)
+        icons.icon_source.cache_clear()
+
+
 def _manifest(
     got: Gathered,
     assignment: dict[str, str],
     evals: dict[str, Any],
+    inputs: dict[str, Any],
     *,
     seed: int,
     crops_per_photo: int,
@@ -248,6 +302,7 @@ def _manifest(
             split: sorted(p.name for p in used if assignment[p.group] == split) for split in ("train", "val", "test")
         },
         "base_photo_sources": {p.name: {"source": p.source, "group": p.group} for p in used},
+        "inputs": inputs,
         "test_labels": TEST_LABELS_FILE,
         "style_pools": {split: style_pools(split) for split in ("train", "heldout")},
         "eval": evals,
@@ -258,6 +313,7 @@ def _manifest(
 def _build_into(
     root: Path,
     photos: list[BasePhoto],
+    inputs: dict[str, Any],
     *,
     seed: int,
     crops_per_photo: int,
@@ -289,6 +345,7 @@ def _build_into(
         got,
         assignment,
         evals,
+        inputs,
         seed=seed,
         crops_per_photo=crops_per_photo,
         image_size=image_size,

