@@ -84,7 +84,7 @@ print("came from. Recall is the share of watermarked photos rejected, the false-
 print("share of clean photos rejected. Both are measured at the exported threshold")
 print(f"{chosen['threshold']:.3f}, which the {chosen['rule']} rule chose on validation photos:")
 print(f"  {chosen.get('note', '')}")
-print("On 45 test photos each image moves a figure by 2-4 points, so expect them to move between")
+print("On 45 test photos one image moves a figure by 2 to 5 points, so expect them to move between")
 print("seeds; `make bench-quality` measures on larger sets, with held-out styles and hard negatives.")
 print()
 print("Next:")
