@@ -74,7 +74,9 @@ from train.synth.demo_crops import (
     UPLOAD_JPEG_PROB,
     WHOLE_PHOTO_PROB,
 )
-from train.synth.demo_files import TEST_LABELS_FILE, Gathered, write_eval_sets, write_photo_crops, write_test_split
+from train.synth.demo_files import (
+    TEST_LABELS_FILE, BuildOptions, Gathered, write_eval_sets, write_photo_crops, write_test_split,
+)
 from train.synth.families import FAMILY_WEIGHTS, STYLE_FAMILIES
 from train.synth import icons
 from train.synth.fonts import DECLARED_FONT_PACKAGES, available_fonts, declared_font_files, pin_font_files
@@ -198,17 +200,11 @@ def build_demo_dataset(
         )
     with declared_fonts_only() as fonts_used, staged_folder(out_dir) as tmp_dir:
         inputs.update(fonts_used)
-        manifest = _build_into(
-            tmp_dir,
-            photos,
-            inputs,
-            seed=seed,
-            crops_per_photo=crops_per_photo,
-            image_size=image_size,
-            progress=progress,
-            hard_negative_fraction=float(hard_negative_fraction),
-            eval_crops_per_photo=eval_crops_per_photo,
+        options = BuildOptions(
+            seed=seed, crops_per_photo=crops_per_photo, image_size=image_size, progress=progress,
+            hard_negative_fraction=float(hard_negative_fraction), eval_crops_per_photo=eval_crops_per_photo,
         )
+        manifest = _build_into(tmp_dir, photos, inputs, options)
         _check_out_dir(out_dir, overwrite)  # someone may have written there meanwhile
     counts = manifest["counts"]
     evals = ", ".join(
@@ -262,25 +258,16 @@ def declared_fonts_only() -> Iterator[dict[str, Any]]:
 
 
 def _manifest(
-    got: Gathered,
-    assignment: dict[str, str],
-    evals: dict[str, Any],
-    inputs: dict[str, Any],
-    *,
-    seed: int,
-    crops_per_photo: int,
-    image_size: int,
-    hard_negative_fraction: float,
-    eval_crops_per_photo: int,
+    got: Gathered, assignment: dict[str, str], evals: dict[str, Any], inputs: dict[str, Any], options: BuildOptions
 ) -> dict[str, Any]:
     """The manifest: seed, parameters, counts, base photos, style pools, eval sets, per-file styles."""
     used = got.used
     return {
         "format": 2,
-        "seed": seed,
+        "seed": options.seed,
         "parameters": {
-            "crops_per_photo": crops_per_photo,
-            "image_size": image_size,
+            "crops_per_photo": options.crops_per_photo,
+            "image_size": options.image_size,
             "split_fractions": SPLIT_FRACTIONS,
             "crop_scale": list(CROP_SCALE),
             "crop_aspect": list(CROP_ASPECT),
@@ -291,9 +278,9 @@ def _manifest(
             "family_weights": FAMILY_WEIGHTS,
             "fonts": {script: [p.name for p in available_fonts(script)] for script in SCRIPTS},
             "style_split": TRAIN_STYLE_SPLIT,
-            "hard_negative_fraction": hard_negative_fraction,
+            "hard_negative_fraction": options.hard_negative_fraction,
             "hard_negative_kinds": list(HARD_NEGATIVE_KINDS),
-            "eval_crops_per_photo": eval_crops_per_photo,
+            "eval_crops_per_photo": options.eval_crops_per_photo,
         },
         "counts": got.counts,
         "scene_text_counts": got.scene_counts,
@@ -310,48 +297,17 @@ def _manifest(
     }
 
 
-def _build_into(
-    root: Path,
-    photos: list[BasePhoto],
-    inputs: dict[str, Any],
-    *,
-    seed: int,
-    crops_per_photo: int,
-    image_size: int,
-    progress: bool,
-    hard_negative_fraction: float,
-    eval_crops_per_photo: int,
-) -> dict[str, Any]:
+def _build_into(root: Path, photos: list[BasePhoto], inputs: dict[str, Any], options: BuildOptions) -> dict[str, Any]:
     """Write the whole dataset into ``root`` (a staging folder) and return the manifest written there."""
-    assignment = _split_groups(photos, seed)
+    assignment = _split_groups(photos, options.seed)
     for split in ("train", "val"):
         for label in ("positive", "negative"):
             (root / split / label).mkdir(parents=True, exist_ok=True)
     (root / "test").mkdir(parents=True, exist_ok=True)
-    got = write_photo_crops(
-        root,
-        photos,
-        assignment,
-        seed=seed,
-        crops_per_photo=crops_per_photo,
-        image_size=image_size,
-        progress=progress,
-        hard_negative_fraction=hard_negative_fraction,
-        eval_crops_per_photo=eval_crops_per_photo,
-    )
-    write_test_split(root, got, seed)
-    evals = write_eval_sets(root, got) if eval_crops_per_photo else {}
-    manifest = _manifest(
-        got,
-        assignment,
-        evals,
-        inputs,
-        seed=seed,
-        crops_per_photo=crops_per_photo,
-        image_size=image_size,
-        hard_negative_fraction=hard_negative_fraction,
-        eval_crops_per_photo=eval_crops_per_photo,
-    )
+    got = write_photo_crops(root, photos, assignment, options)
+    write_test_split(root, got, options.seed)
+    evals = write_eval_sets(root, got) if options.eval_crops_per_photo else {}
+    manifest = _manifest(got, assignment, evals, inputs, options)
     (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 

@@ -52,18 +52,20 @@ class Gathered:
     used: list[BasePhoto] = field(default_factory=list)
 
 
-def write_photo_crops(
-    root: Path,
-    photos: list[BasePhoto],
-    assignment: dict[str, str],
-    *,
-    seed: int,
-    crops_per_photo: int,
-    image_size: int,
-    progress: bool,
-    hard_negative_fraction: float,
-    eval_crops_per_photo: int,
-) -> Gathered:
+@dataclass(frozen=True)
+class BuildOptions:
+    """The demo builder's options (checked by :func:`train.synth.demo.build_demo_dataset`),
+    passed whole to every step of the build."""
+
+    seed: int
+    crops_per_photo: int
+    image_size: int
+    progress: bool
+    hard_negative_fraction: float
+    eval_crops_per_photo: int
+
+
+def write_photo_crops(root: Path, photos: list[BasePhoto], assignment: dict[str, str], options: BuildOptions) -> Gathered:
     """Crop every base photo; write train/val pairs and their pairs.csv, keep the test photos' crops.
 
     Raises:
@@ -73,7 +75,8 @@ def write_photo_crops(
 
     got = Gathered()
     pairs: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}  # written to SPLIT/pairs.csv
-    for photo in tqdm(photos, desc="demo dataset", unit="photo", disable=None if progress else True):
+    seed, image_size, eval_crops_per_photo = options.seed, options.image_size, options.eval_crops_per_photo
+    for photo in tqdm(photos, desc="demo dataset", unit="photo", disable=None if options.progress else True):
         split = assignment[photo.group]
         try:
             image = load_photo(photo.path, min_side=round(image_size / CROP_SCALE[0]))
@@ -84,9 +87,9 @@ def write_photo_crops(
             photo,
             image,
             seed=seed,
-            crops_per_photo=crops_per_photo,
+            crops_per_photo=options.crops_per_photo,
             image_size=image_size,
-            hard_negative_fraction=hard_negative_fraction,
+            hard_negative_fraction=options.hard_negative_fraction,
         )
         got.used.append(photo)
         got.scene_counts[split] += sum(crop.scene is not None for crop in crops)
