@@ -12,7 +12,7 @@ from PIL import Image
 from train import synth
 from train.synth import demo, demo_crops, photos
 
-TINY = {"crops_per_photo": 1, "image_size": 96, "progress": False, "eval_crops_per_photo": 1}
+TINY = {"crops_per_photo": 1, "holdout_crops_per_photo": 1, "image_size": 96, "progress": False, "eval_crops_per_photo": 1}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -200,6 +200,8 @@ def test_too_few_base_photos_names_packages(tmp_path: Path, monkeypatch: pytest.
 def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="crops_per_photo"):
         demo.build_demo_dataset(tmp_path / "x", crops_per_photo=0)
+    with pytest.raises(ValueError, match="holdout_crops_per_photo"):
+        demo.build_demo_dataset(tmp_path / "x", holdout_crops_per_photo=0)
     with pytest.raises(ValueError, match="image_size"):
         demo.build_demo_dataset(tmp_path / "x", image_size=8)
     with pytest.raises(ValueError, match="hard_negative_fraction"):

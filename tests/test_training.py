@@ -198,3 +198,12 @@ def test_holdout_curve_is_reported_and_never_changes_the_run(tmp_path: Path) -> 
         assert 0.0 <= b["holdout_f1"] <= 1.0 and 0.0 <= b["holdout_fpr"] <= 1.0
         assert b["elapsed_seconds"] > 0
     assert curve.history[1]["elapsed_seconds"] > curve.history[0]["elapsed_seconds"]
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.json")), ids=lambda p: p.name)
+def test_every_recipe_is_a_valid_training_config(recipe: Path) -> None:
+    """make demo, make train-real and the quality benchmark pass these files as --config."""
+    from train.config import load_config_file
+
+    config = TrainConfig.from_dict({**load_config_file(recipe), "data": "DATA"})
+    assert config.data == "DATA"

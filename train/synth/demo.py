@@ -1,7 +1,10 @@
 """Build the built-in demo dataset from real photos that installed packages ship.
 
 Base photos come from the packages listed in :mod:`train.synth.photos`. Each base photo
-gives a few random square-ish crops (:mod:`train.synth.demo_crops`); every crop is
+gives random square-ish crops (:mod:`train.synth.demo_crops`): a few per training photo,
+more per validation and test photo (``holdout_crops_per_photo``, so that the
+threshold's false-positive target rests on hundreds of clean validation images and the
+test figures on hundreds of test images, without more training time); every crop is
 written twice under the same file stem, clean in ``negative/`` and with a synthetic
 watermark (:func:`train.synth.render_watermark`, ``split="train"`` style pool) in
 ``positive/``. A fraction of the crops (``hard_negative_fraction``, default 30 %) first
@@ -47,7 +50,8 @@ renamed into place, so OUT is never left half-written.
 
 Usage::
 
-    python -m train demo-data OUT [--seed 0] [--crops-per-photo 5] [--image-size 384]
+    python -m train demo-data OUT [--seed 0] [--crops-per-photo 5] [--holdout-crops-per-photo 30]
+        [--image-size 384]
         [--hard-negative-fraction 0.3] [--eval-crops-per-photo 6] [--overwrite] [--no-progress]
 """
 
@@ -90,6 +94,7 @@ log = logging.getLogger("train.synth.demo")
 MANIFEST_FILE = "manifest.json"
 HARD_NEGATIVE_FRACTION = 0.3
 EVAL_CROPS_PER_PHOTO = 6
+HOLDOUT_CROPS_PER_PHOTO = 30
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 MIN_IMAGE_SIZE = 32
 
@@ -142,6 +147,7 @@ def build_demo_dataset(
     *,
     seed: int = 0,
     crops_per_photo: int = 5,
+    holdout_crops_per_photo: int = HOLDOUT_CROPS_PER_PHOTO,
     image_size: int = 384,
     overwrite: bool = False,
     progress: bool = True,
@@ -154,8 +160,10 @@ def build_demo_dataset(
         out_dir: folder to create; built in a staging folder beside it, then swapped in
             (:func:`train.io.staged_folder`).
         seed: seeds crops, watermarks, scene text, the split and the test shuffle.
-        crops_per_photo: crops taken from each base photo (each gives a clean and a
-            watermarked image).
+        crops_per_photo: crops taken from each training base photo (each gives a clean
+            and a watermarked image).
+        holdout_crops_per_photo: crops taken from each validation and test base photo
+            (validation: pairs; test: one version of each).
         image_size: side of the square output images in pixels.
         overwrite: replace a non-empty ``out_dir``.
         progress: show a tqdm progress bar.
@@ -170,13 +178,15 @@ def build_demo_dataset(
     Raises:
         FileExistsError: ``out_dir`` is non-empty and ``overwrite`` is False (nothing is
             written), or ``out_dir`` is a file.
-        ValueError: ``crops_per_photo`` < 1, ``image_size`` < 32,
+        ValueError: ``crops_per_photo`` or ``holdout_crops_per_photo`` < 1, ``image_size`` < 32,
             ``hard_negative_fraction`` outside 0..1 or ``eval_crops_per_photo`` < 0.
         RuntimeError: fewer than 10 base photos were found (names the packages to install).
     """
     out_dir = Path(out_dir)
     if not isinstance(crops_per_photo, int) or crops_per_photo < 1:
         raise ValueError(f"crops_per_photo={crops_per_photo!r}: allowed is an integer >= 1")
+    if not isinstance(holdout_crops_per_photo, int) or holdout_crops_per_photo < 1:
+        raise ValueError(f"holdout_crops_per_photo={holdout_crops_per_photo!r}: allowed is an integer >= 1")
     if not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image_size={image_size!r}: allowed is an integer >= {MIN_IMAGE_SIZE}")
     if not isinstance(hard_negative_fraction, (int, float)) or not 0.0 <= hard_negative_fraction <= 1.0:
@@ -201,7 +211,8 @@ def build_demo_dataset(
     with declared_fonts_only() as fonts_used, staged_folder(out_dir) as tmp_dir:
         inputs.update(fonts_used)
         options = BuildOptions(
-            seed=seed, crops_per_photo=crops_per_photo, image_size=image_size, progress=progress,
+            seed=seed, crops_per_photo=crops_per_photo, holdout_crops_per_photo=holdout_crops_per_photo,
+            image_size=image_size, progress=progress,
             hard_negative_fraction=float(hard_negative_fraction), eval_crops_per_photo=eval_crops_per_photo,
         )
         manifest = _build_into(tmp_dir, photos, inputs, options)
@@ -267,6 +278,7 @@ def _manifest(
         "seed": options.seed,
         "parameters": {
             "crops_per_photo": options.crops_per_photo,
+            "holdout_crops_per_photo": options.holdout_crops_per_photo,
             "image_size": options.image_size,
             "split_fractions": SPLIT_FRACTIONS,
             "crop_scale": list(CROP_SCALE),
@@ -324,7 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", type=Path, help="output folder (must not exist or be empty, unless --overwrite)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--crops-per-photo", type=int, default=5, help="crops per base photo (default 5)")
+    parser.add_argument("--crops-per-photo", type=int, default=5, help="crops per training base photo (default 5)")
+    parser.add_argument(
+        "--holdout-crops-per-photo",
+        type=int,
+        default=HOLDOUT_CROPS_PER_PHOTO,
+        help=f"crops per validation and test base photo (default {HOLDOUT_CROPS_PER_PHOTO})",
+    )
     parser.add_argument("--image-size", type=int, default=384, help="side of the square images in px (default 384)")
     parser.add_argument(
         "--hard-negative-fraction",
@@ -348,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             seed=args.seed,
             crops_per_photo=args.crops_per_photo,
+            holdout_crops_per_photo=args.holdout_crops_per_photo,
             image_size=args.image_size,
             overwrite=args.overwrite,
             progress=not args.no_progress,

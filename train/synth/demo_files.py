@@ -59,6 +59,7 @@ class BuildOptions:
 
     seed: int
     crops_per_photo: int
+    holdout_crops_per_photo: int
     image_size: int
     progress: bool
     hard_negative_fraction: float
@@ -87,7 +88,7 @@ def write_photo_crops(root: Path, photos: list[BasePhoto], assignment: dict[str,
             photo,
             image,
             seed=seed,
-            crops_per_photo=options.crops_per_photo,
+            crops_per_photo=options.crops_per_photo if split == "train" else options.holdout_crops_per_photo,
             image_size=image_size,
             hard_negative_fraction=options.hard_negative_fraction,
         )
