@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from train.cli import add_train_arguments, config_from_args  # noqa: E402
 from train.synth.demo import build_demo_dataset  # noqa: E402
@@ -57,10 +58,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench/quality"), help="output folder (default bench/quality)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="dataset and training seeds (default 0 1 2)")
-    parser.add_argument("--recipe", type=Path, default=Path("recipes/demo.json"), help="training options (default recipes/demo.json, as make demo)")
+    parser.add_argument("--recipe", type=Path, default=REPO / "recipes" / "demo.json", help="training options (default recipes/demo.json, as make demo)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     parser.add_argument("--real", type=Path, help="optional folder of real labelled photos (positive/, negative/) as a sanity set")
-    parser.add_argument("--reuse-data", action="store_true", help="keep OUT/data if it exists")
+    parser.add_argument("--reuse-data", action="store_true", help="keep each seed's OUT/seed-N/data if it exists")
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then extra `python -m train train` options")
     return parser
 
