@@ -42,9 +42,10 @@ Reasons: empty, undecodable, unsupported_format, too_small, too_many_pixels, ove
 unreadable (preprocess.REJECT_REASONS) and the
 handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error.
 
-Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default) or
-``model.onnx`` (onnxruntime, usually faster on CPU); both take the same normalised
-``[N, 3, S, S]`` batch and return logits ``[N, 1]``. ``handler.threads`` in
+Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default),
+``model.onnx`` or ``model.int8.onnx`` (onnxruntime; fp32 or quantised int8, the fastest on
+the CPU), or ``model.pt2`` (an AOTInductor package, TorchScript's successor; CPU only);
+all take the same normalised ``[N, 3, S, S]`` batch and return logits ``[N, 1]``. ``handler.threads`` in
 model-config.yaml sets the intra-op threads of either backend (create_mar.sh writes
 cores / workers). The TorchScript model gets its batch in ``channels_last`` on every
 device (about 1.4x faster on the CPU here, same logits to ~1e-6). On CUDA the batch goes
@@ -89,7 +90,7 @@ BODY_KEYS = ("data", "body", "file", "image")
 HANDLER_SETTINGS = {"max_pixels", "decode_memory_mb", "profile", "threads", "cuda_half"}
 # Images of one batch decoding in parallel hold at most this many per-image budgets at once.
 DEFAULT_DECODES_AT_ONCE = 2
-MODEL_FORMATS = {".pt": "torchscript", ".onnx": "onnx"}
+MODEL_FORMATS = {".pt": "torchscript", ".onnx": "onnx", ".pt2": "pt2"}
 REASON_MAX_CHARS = 200
 # How error messages name the input (the client sees only its own request).
 SOURCE = "request body"
@@ -159,6 +160,22 @@ def onnx_runner(path: str, *, threads: int, device: torch.device) -> Any:
         return torch.from_numpy(session.run(None, {input_name: array})[0])
 
     run.providers = session.get_providers()  # type: ignore[attr-defined]
+    return run
+
+
+def pt2_runner(path: str) -> Any:
+    """A callable ``tensor [N,3,S,S] -> logits tensor [N,1]`` from an AOTInductor ``.pt2`` package.
+
+    The packages of ``python -m train export-pt2`` are compiled for the CPU (for the
+    vector instructions of the machine that compiled them), so the handler runs them there.
+    """
+    import torch._inductor
+
+    compiled = torch._inductor.aoti_load_package(path)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return compiled(batch.to("cpu", torch.float32).contiguous())
+
     return run
 
 
@@ -338,11 +355,12 @@ class WatermarkHandler(BaseHandler):
         self.model_format = MODEL_FORMATS.get(os.path.splitext(serialized)[1], "")
         if not self.model_format:
             raise RuntimeError(
-                f"MANIFEST serializedFile={serialized!r}: expected model.pt (TorchScript) or model.onnx (ONNX); "
+                f"MANIFEST serializedFile={serialized!r}: expected model.pt (TorchScript), a .onnx file (ONNX, "
+                "e.g. model.int8.onnx) or model.pt2 (AOTInductor); "
                 "build the archive with scripts/create_mar.sh"
             )
         if model_section.get("modelFile"):
-            raise RuntimeError("MANIFEST has a modelFile: this handler serves TorchScript or ONNX only (no eager model.py)")
+            raise RuntimeError("MANIFEST has a modelFile: this handler serves TorchScript, ONNX or .pt2 only (no eager model.py)")
         model_path = os.path.join(model_dir, serialized)
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"{model_path}: {self.model_format} model not found in the model directory")
@@ -361,7 +379,7 @@ class WatermarkHandler(BaseHandler):
             # BaseHandler picks the device (gpu_id) and torch.jit.load()s model.pt, then eval().
             super().initialize(context)
         else:
-            self._initialize_onnx(context, model_path)
+            self._initialize_runner(context, model_path)
         self.cuda_half = bool(settings.get("cuda_half", False)) and self.device.type == "cuda"
         if self.device.type == "cuda" and self.model_format == "torchscript":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -405,33 +423,37 @@ class WatermarkHandler(BaseHandler):
             self.threshold, self.max_pixels, self.decode_memory.capacity // 1_000_000,
         )
 
-    def _initialize_onnx(self, context, model_path: str) -> None:
-        """What BaseHandler.initialize does for TorchScript, for an onnxruntime session."""
+    def _initialize_runner(self, context, model_path: str) -> None:
+        """What BaseHandler.initialize does for TorchScript, for an onnxruntime session or a .pt2 package."""
         properties = context.system_properties
         self.model_yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.manifest = context.manifest
         self.model_pt_path = model_path
         gpu_id = properties.get("gpu_id")
-        on_gpu = torch.cuda.is_available() and gpu_id is not None
+        on_gpu = torch.cuda.is_available() and gpu_id is not None and self.model_format == "onnx"
         self.map_location = "cuda" if on_gpu else "cpu"
         self.device = torch.device(f"cuda:{gpu_id}" if on_gpu else "cpu")
-        self.model = onnx_runner(model_path, threads=self.threads, device=self.device)
+        if self.model_format == "onnx":
+            self.model = onnx_runner(model_path, threads=self.threads, device=self.device)
+        else:
+            self.model = pt2_runner(model_path)
         self.initialized = True
 
     def _check_model_contract(self) -> None:
-        """Fail at load time (not on the first request) if model.pt does not map [N,3,S,S] -> [N,1]."""
+        """Fail at load time (not on the first request) if the model does not map [N,3,S,S] -> [N,1]."""
         size = self.spec.image_size
+        name = os.path.basename(getattr(self, "model_pt_path", "") or "") or "the model"
         probe = torch.zeros(2, 3, size, size, device=self.device)
         try:
             with torch.inference_mode():
                 out = self.model(probe)
         except Exception as exc:
             raise RuntimeError(
-                f"model.pt failed on a [2, 3, {size}, {size}] input (image_size from {SPEC_FILE}): {exc}"
+                f"{name} failed on a [2, 3, {size}, {size}] input (image_size from {SPEC_FILE}): {exc}"
             ) from exc
         if not isinstance(out, torch.Tensor) or out.numel() != 2:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise RuntimeError(f"model.pt returned {shape} for a batch of 2; expected logits of shape [2, 1]")
+            raise RuntimeError(f"{name} returned {shape} for a batch of 2; expected logits of shape [2, 1]")
 
     # ---------------------------------------------------------------- per batch
     def _decode(self, body: bytes) -> torch.Tensor:

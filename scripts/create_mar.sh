@@ -6,11 +6,13 @@
 # registry version.
 #
 # The archive holds (flat, as TorchServe unpacks them into the model directory):
-#   model.pt | model.onnx TorchScript (default) or ONNX model (--format onnx) (--serialized-file)
+#   model.pt | model.onnx | model.int8.onnx | model.pt2
+#                         the model in the --format chosen (--serialized-file)
 #   watermark_handler.py  handler/watermark_handler.py (--handler)
 #   preprocess.py         handler/preprocess.py, the one preprocessing definition
 #   preprocess.json       PreprocessSpec of the export
-#   threshold.json        decision threshold on the sigmoid probability
+#   threshold.json        decision threshold on the sigmoid probability (--format onnx-int8:
+#                         the bundle's threshold.int8.json, chosen on the int8 model's scores)
 #   model_info.json       optional, copied when the export has one
 #   model-config.yaml     generated here: workers, batching, timeouts, handler: section
 #
@@ -36,6 +38,7 @@ ARCHIVE_NAME=""
 VERSIONED=0
 FROM_REGISTRY=""
 FORMAT="torchscript"
+THRESHOLD_FILE="threshold.json"
 THREADS=""
 TRACKING_URI=""
 EXPORT_DIR_SET=0
@@ -50,8 +53,11 @@ Bundle an exported watermark model into a TorchServe archive MODEL_STORE/NAME.ma
 Options:
   --export-dir DIR        export folder with model.pt, preprocess.json, threshold.json
                           and optionally model_info.json          (default: artifacts/export)
-  --format F              torchscript (model.pt, default) or onnx (model.onnx, served
-                          with onnxruntime; add it with python -m train export-onnx)
+  --format F              torchscript (model.pt, default); onnx (model.onnx, onnxruntime;
+                          add it with python -m train export-onnx); onnx-int8
+                          (model.int8.onnx with threshold.int8.json, the fastest on a
+                          CPU; python -m train export-int8); pt2 (model.pt2,
+                          AOTInductor, CPU only; python -m train export-pt2)
   --threads N             intra-op threads per worker (handler.threads); default: unset,
                           the worker uses all cores (right for --workers 1); with
                           --workers W on C cores use C / W
@@ -174,7 +180,9 @@ ARCHIVE_NAME="${ARCHIVE_NAME%.mar}"
 case "$FORMAT" in
     torchscript) MODEL_FILE="model.pt" ;;
     onnx) MODEL_FILE="model.onnx" ;;
-    *) die "invalid --format '$FORMAT': allowed are torchscript and onnx" ;;
+    onnx-int8) MODEL_FILE="model.int8.onnx"; THRESHOLD_FILE="threshold.int8.json" ;;
+    pt2) MODEL_FILE="model.pt2" ;;
+    *) die "invalid --format '$FORMAT': allowed are torchscript, onnx, onnx-int8 and pt2" ;;
 esac
 if [[ -n "$THREADS" ]]; then
     [[ "$THREADS" =~ ^[1-9][0-9]{0,3}$ ]] || die "invalid --threads '$THREADS': must be a positive integer"
@@ -192,9 +200,12 @@ fi
 
 HOW_TO_EXPORT="produce it with 'make demo' or 'python -m train export' (or pass --export-dir)"
 [[ -d "$EXPORT_DIR" ]] || die "export folder '$EXPORT_DIR' not found; $HOW_TO_EXPORT"
-for f in "$MODEL_FILE" preprocess.json threshold.json; do
+for f in "$MODEL_FILE" preprocess.json "$THRESHOLD_FILE"; do
     if [[ ! -s "$EXPORT_DIR/$f" ]]; then
         [[ "$f" == model.onnx ]] && die "'$EXPORT_DIR/model.onnx' is missing; add it with: python -m train export-onnx --export $EXPORT_DIR"
+        [[ "$f" == model.int8.onnx || "$f" == threshold.int8.json ]] \
+            && die "'$EXPORT_DIR/$f' is missing; add it with: python -m train export-int8 --export $EXPORT_DIR (see its --help)"
+        [[ "$f" == model.pt2 ]] && die "'$EXPORT_DIR/model.pt2' is missing; add it with: python -m train export-pt2 --export $EXPORT_DIR"
         die "'$EXPORT_DIR/$f' is missing or empty; $HOW_TO_EXPORT"
     fi
 done
@@ -205,7 +216,7 @@ for f in "$HANDLER_FILE" "$PREPROCESS_FILE"; do
 done
 
 # JSON checks without importing torch: the handler repeats them strictly at load time.
-"$PYTHON" - "$EXPORT_DIR" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above); re-export it"
+"$PYTHON" - "$EXPORT_DIR" "$THRESHOLD_FILE" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above); re-export it"
 import json, math, sys
 from pathlib import Path
 export = Path(sys.argv[1])
@@ -217,10 +228,10 @@ def load(name):
 spec = load("preprocess.json")
 if not isinstance(spec, dict) or not isinstance(spec.get("image_size"), int):
     sys.exit(f"create_mar.sh: error: {export / 'preprocess.json'}: expected PreprocessSpec.to_dict() with an integer image_size")
-thr = load("threshold.json")
+thr = load(sys.argv[2])
 value = thr.get("threshold") if isinstance(thr, dict) else None
 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-    sys.exit(f"create_mar.sh: error: {export / 'threshold.json'}: expected {{\"threshold\": <number in [0, 1]>, ...}}, got {thr!r}")
+    sys.exit(f"create_mar.sh: error: {export / sys.argv[2]}: expected {{\"threshold\": <number in [0, 1]>, ...}}, got {thr!r}")
 if (export / "model_info.json").exists():
     load("model_info.json")
 PY
@@ -264,7 +275,10 @@ CONFIG_FILE="$WORK_DIR/model-config.yaml"
     fi
 } >"$CONFIG_FILE"
 
-EXTRA_FILES="$PREPROCESS_FILE,$EXPORT_DIR/preprocess.json,$EXPORT_DIR/threshold.json"
+# The archive's threshold.json is the one of the model packed (threshold.int8.json for int8).
+mkdir "$WORK_DIR/files"
+cp "$EXPORT_DIR/$THRESHOLD_FILE" "$WORK_DIR/files/threshold.json"
+EXTRA_FILES="$PREPROCESS_FILE,$EXPORT_DIR/preprocess.json,$WORK_DIR/files/threshold.json"
 if [[ -f "$EXPORT_DIR/model_info.json" ]]; then
     EXTRA_FILES="$EXTRA_FILES,$EXPORT_DIR/model_info.json"
 fi

@@ -97,6 +97,16 @@ def build(out: Path, train_seconds: float | None, total_seconds: float | None) -
             f"| {name}: {what} | {m['n']} | {_f(m.get('f1'))} | {_f(m.get('precision'))} | {_f(m.get('recall'))} "
             f"| {_f(m.get('fpr'))} | {_f(m.get('roc_auc'))} |"
         )
+    int8 = (_read_json(out / "export" / "model_info.json") or {}).get("int8")
+    if int8 and int8.get("check"):
+        q, f = int8["check"]["int8"], int8["check"]["fp32"]
+        verdict = "passed: the archive serves it" if int8.get("passed") else "failed: the archive serves TorchScript (" + "; ".join(int8.get("failures", [])) + ")"
+        lines += [
+            "",
+            f"int8 model (export-int8) on the {int8['check_images']} held-out photos, each model at its own threshold: "
+            f"F1 {_f(q['f1'])} (fp32 {_f(f['f1'])}), FPR {_f(q['fpr'])} (fp32 {_f(f['fpr'])}), ROC-AUC {_f(q['roc_auc'])} "
+            f"(fp32 {_f(f['roc_auc'])}), threshold {_f(int8['thresholds']['int8'], 4)}; check {verdict}.",
+        ]
     if share:
         lines.append("")
         lines.append(f"Unlabelled test photos predicted watermarked: {share[0]} of {share[1]} ({100 * share[0] / max(1, share[1]):.1f} %).")

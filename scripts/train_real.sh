@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-data recipe, end to end (`make train-real`):
 #   train on every labelled photo of DATA with the recipe (a held-out split set aside)
-#   -> register in MLflow -> model_store/watermark.mar -> evaluate the held-out split
+#   -> register in MLflow -> int8 model, kept only if it holds on the held-out split
+#   -> model_store/watermark.mar (int8, else TorchScript) -> evaluate the held-out split
 #   -> generalisation checks (held-out synthetic styles, hard negatives, real stock photos)
 #   -> predict DATA/test to a CSV -> one summary table (OUT/summary.md).
 #
@@ -18,6 +19,8 @@
 #   RELABEL    relabel file (file,label,reason) for DATA's folder labels; default
 #              recipes/digikala-relabel.csv when DATA is the default, else none (RELABEL= for none)
 #   EXTRA      more `python -m train train` flags, e.g. EXTRA="--epochs 2"
+#   INT8       1 (default): add the int8 model (python -m train export-int8) and archive it
+#              when its check passes; 0: archive the TorchScript model
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,8 +61,27 @@ stamp "1/6 training with $RECIPE on $DATA (held-out split listed in $OUT/reports
   --cache-dir "$CACHE_DIR" --register --no-progress "${relabel_args[@]}" ${EXTRA:-}
 train_seconds=$(( $(date +%s) - started ))
 
-stamp "2/6 archiving $OUT/export into $MODEL_STORE/watermark.mar (version $VERSION)"
-scripts/create_mar.sh --export-dir "$OUT/export" --version "$VERSION" --model-store "$MODEL_STORE" --force
+format=torchscript
+if [ "${INT8:-1}" = 1 ]; then
+  if [ -f "$OUT/reports/val.csv" ]; then
+    val_args=(--val "$DATA/train" --val-labels "$OUT/reports/val.csv")
+  else
+    val_args=(--val "$DATA/val")  # validation from a folder
+  fi
+  if [ ! -f "$OUT/reports/holdout.csv" ]; then
+    stamp "2/6 no held-out split (holdout_fraction 0): no int8 model, TorchScript archived"
+  else
+    stamp "2/6 int8 model, checked on the held-out split against the fp32 model"
+    if "$PY" -m train export-int8 --export "$OUT/export" "${val_args[@]}" \
+        --check "$DATA/train" --check-labels "$OUT/reports/holdout.csv"; then
+      format=onnx-int8
+    else
+      echo "  no int8 model (see above; the check is in $OUT/export/model_info.json): TorchScript archived" >&2
+    fi
+  fi
+fi
+stamp "2/6 archiving $OUT/export ($format) into $MODEL_STORE/watermark.mar (version $VERSION)"
+scripts/create_mar.sh --export-dir "$OUT/export" --format "$format" --version "$VERSION" --model-store "$MODEL_STORE" --force
 
 stamp "3/6 evaluating the held-out split (served preprocessing and threshold)"
 "$PY" -m train evaluate --export "$OUT/export" --data "$DATA/train" --labels "$OUT/reports/holdout.csv" \

@@ -160,7 +160,7 @@ def test_bad_thread_setting_is_a_clear_error(onnx_export: Path, settings: dict, 
 def test_unknown_model_format_is_refused(onnx_export: Path) -> None:
     manifest = sf.manifest_for()
     manifest["model"]["serializedFile"] = "model.tflite"
-    with pytest.raises(RuntimeError, match="expected model.pt \\(TorchScript\\) or model.onnx"):
+    with pytest.raises(RuntimeError, match="expected model.pt \\(TorchScript\\), a .onnx file"):
         WatermarkHandler().initialize(sf.FakeContext(onnx_export, manifest=manifest))
 
 
@@ -174,7 +174,7 @@ def test_torchserve_serves_the_onnx_archive(onnx_export: Path, tmp_path_factory)
         refused = create_mar("--export-dir", str(no_onnx), "--format", "onnx", "--model-store", str(srv.store))
         assert refused.returncode != 0 and "python -m train export-onnx" in refused.stderr
         bad = create_mar("--export-dir", str(onnx_export), "--format", "tflite", "--model-store", str(srv.store))
-        assert bad.returncode != 0 and "allowed are torchscript and onnx" in bad.stderr
+        assert bad.returncode != 0 and "allowed are torchscript, onnx, onnx-int8 and pt2" in bad.stderr
         built = create_mar("--export-dir", str(onnx_export), "--format", "onnx", "--threads", "2", "--model-store", str(srv.store))
         assert built.returncode == 0, built.stderr
         with zipfile.ZipFile(srv.store / "watermark.mar") as mar:

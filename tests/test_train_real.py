@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,19 @@ def test_train_real_runs_every_step_on_a_tiny_dataset(tmp_path: Path) -> None:
     assert holdout and {r["label"] for r in holdout} == {"0", "1"}
     assert all((data / "train" / r["file"]).is_file() for r in holdout)
     assert (tmp_path / "store" / "watermark.mar").is_file()
+    with (out / "reports" / "val.csv").open() as handle:
+        val = list(csv.DictReader(handle))
+    assert val and not {r["file"] for r in val} & {r["file"] for r in holdout}
+    # the int8 model was checked on the held-out split; the archive holds it only if it passed
+    assert "2/6 int8 model, checked on the held-out split" in proc.stdout
+    int8 = json.loads((out / "export" / "model_info.json").read_text())["int8"]
+    assert int8["check_images"] == len(holdout) and int8["validation_images"] == len(val)
+    with zipfile.ZipFile(tmp_path / "store" / "watermark.mar") as mar:
+        packed = {"model.int8.onnx", "model.pt"} & set(mar.namelist())
+    assert packed == ({"model.int8.onnx"} if int8["passed"] else {"model.pt"}), int8
+    if not int8["passed"]:
+        assert "no int8 model (see above" in proc.stderr
+    assert f"int8 model (export-int8) on the {len(holdout)} held-out photos" in (out / "summary.md").read_text()
     holdout_eval = json.loads((out / "eval" / "holdout" / "metrics.json").read_text())
     assert holdout_eval["n"] == len(holdout)
     assert (out / "eval" / "holdout" / "worst_false_positives.png").is_file()

@@ -7,6 +7,8 @@ Commands:
     registry   MLflow model registry: list versions, promote an alias, fetch a bundle
     export     re-export TorchScript + spec + threshold from a training checkpoint
     export-onnx  add model.onnx (parity-checked against TorchScript) to an export bundle
+    export-int8  add model.int8.onnx (quantised; written only when its verdicts hold) to a bundle
+    export-pt2   add model.pt2 (torch.export + AOTInductor, parity-checked) to a bundle
     predict    score an unlabelled image folder with an export bundle -> CSV
     evaluate   metrics, per-style breakdown, curves and worst-error sheets on a labelled folder
 """
@@ -237,24 +239,13 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    from train.export import export_model, load_checkpoint
 
-    from handler.preprocess import PreprocessSpec
-    from train.export import export_model
-    from train.model import WatermarkNet
-
-    if not args.checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: not found; train first (python -m train train)")
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "spec" not in state:
-        raise ValueError(f"--checkpoint {args.checkpoint}: not a training checkpoint of this project")
+    model, spec, state = load_checkpoint(args.checkpoint)
     if "threshold" not in state and args.threshold is None:
         raise ValueError(f"--checkpoint {args.checkpoint}: has no chosen threshold; pass --threshold P (0 < P < 1)")
     threshold = {"threshold": args.threshold, "rule": "manual"} if args.threshold is not None else state["threshold"]
     config = state["config"]
-    model = WatermarkNet(pool=config["pool"], dropout=config["dropout"])
-    model.load_state_dict(state["model"])
-    spec = PreprocessSpec.from_dict(state["spec"])
     info = {"model_name": "watermark", "weights": config["weights"], "source_checkpoint": str(args.checkpoint), "config": config}
     result = export_model(model, spec, threshold, args.out, info=info)
     print(f"exported {args.out} (parity max |diff| {result['max_abs_diff']:.2e})")
@@ -268,6 +259,45 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     print(
         f"wrote {result['path']} (opset {result['opset']}, max |logit diff| vs TorchScript {result['max_abs_diff']:.2e}); "
         f"archive it with: scripts/create_mar.sh --export-dir {args.export} --format onnx"
+    )
+    return 0
+
+
+def _labelled(folder: Path, labels: Path | None, option: str) -> tuple[list[Path], list[int]]:
+    from train.evaluate import collect_items
+
+    try:
+        items, _, _ = collect_items(folder, labels)
+    except (ValueError, FileNotFoundError) as exc:
+        raise type(exc)(f"{option}: {exc}") from None
+    return [item.path for item in items], [item.label for item in items]
+
+
+def cmd_export_int8(args: argparse.Namespace) -> int:
+    from train.quantize import INT8_FILE, export_int8
+
+    val = _labelled(args.val, args.val_labels, "--val")
+    check = _labelled(args.check, args.check_labels, "--check")
+    r = export_int8(
+        args.export, val, check, calibration_images=args.calibration_images, max_drop=args.max_drop, seed=args.seed
+    )
+    fp32, int8 = r["check"]["fp32"], r["check"]["int8"]
+    print(
+        f"wrote {args.export / INT8_FILE}: on {r['check_images']} check images F1 {int8['f1']:.4f} (fp32 {fp32['f1']:.4f}), "
+        f"ROC-AUC {int8['roc_auc']:.4f} (fp32 {fp32['roc_auc']:.4f}), threshold {r['thresholds']['int8']:.4f} "
+        f"(fp32 {r['thresholds']['fp32']:.4f}), {r['check_verdicts_changed']} verdict(s) changed; "
+        f"archive it with: scripts/create_mar.sh --export-dir {args.export} --format onnx-int8"
+    )
+    return 0
+
+
+def cmd_export_pt2(args: argparse.Namespace) -> int:
+    from train.export import PT2_FILE, export_pt2
+
+    r = export_pt2(args.export, args.checkpoint, tolerance=args.tolerance, max_batch=args.max_batch)
+    print(
+        f"wrote {args.export / PT2_FILE} in {r['seconds']:.0f} s (max |logit diff| vs eager {r['max_abs_diff']:.2e}, "
+        f"batch 1-{r['max_batch']}); archive it with: scripts/create_mar.sh --export-dir {args.export} --format pt2"
     )
     return 0
 
@@ -384,6 +414,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     p_onnx.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
     p_onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p_onnx.set_defaults(func=cmd_export_onnx)
+    p_int8 = sub.add_parser(
+        "export-int8", help="add model.int8.onnx to an export bundle: quantised, written only when its verdicts hold",
+        description="Quantise the bundle's ONNX model to int8 (static, QDQ; the head stays float), calibrated on "
+        "validation images of both classes. The threshold is chosen again on the int8 model's validation scores by "
+        "the bundle's rule. On the check set (held out: e.g. OUTPUT/reports/holdout.csv of the training run) F1 and "
+        "ROC-AUC, each at its model's own threshold, may fall at most --max-drop below the fp32 model's; otherwise "
+        "nothing is written. The check goes into model_info.json (key int8) either way. Folders hold positive/ and "
+        "negative/, or any images listed in a --*-labels CSV (file,label).",
+    )
+    p_int8.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    p_int8.add_argument("--val", type=Path, required=True, help="validation images: calibration and the int8 threshold")
+    p_int8.add_argument("--val-labels", type=Path, help="CSV file,label of --val (e.g. OUTPUT/reports/val.csv)")
+    p_int8.add_argument("--check", type=Path, required=True, help="held-out images for the F1 / ROC-AUC check")
+    p_int8.add_argument("--check-labels", type=Path, help="CSV file,label of --check (e.g. OUTPUT/reports/holdout.csv)")
+    p_int8.add_argument("--calibration-images", type=int, default=64, help="validation images that calibrate, balanced (default 64)")
+    p_int8.add_argument("--max-drop", type=float, default=0.005, help="largest allowed F1 and ROC-AUC drop vs fp32 (default 0.005)")
+    p_int8.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default 0)")
+    p_int8.set_defaults(func=cmd_export_int8)
+    p_pt2 = sub.add_parser(
+        "export-pt2", help="add model.pt2 (torch.export + AOTInductor) to an export bundle",
+        description="Export the checkpoint's eager model with torch.export (dynamic batch 1..--max-batch), compile it "
+        "ahead of time with AOTInductor into a .pt2 package, check it against the eager model and the bundle's "
+        "TorchScript model, and write model.pt2 into the bundle (nothing is written when parity fails). Needs a C++ "
+        "compiler; the package runs on CPUs with the instruction set of the machine that compiled it.",
+    )
+    p_pt2.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    p_pt2.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoints/best.pt"), help="training checkpoint of the bundle (default artifacts/checkpoints/best.pt)")
+    p_pt2.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
+    p_pt2.add_argument("--max-batch", type=int, default=64, help="largest batch the package accepts (default 64)")
+    p_pt2.set_defaults(func=cmd_export_pt2)
     p_predict = sub.add_parser("predict", help="score an unlabelled image folder with an export bundle -> CSV")
     p_predict.add_argument("--input", type=Path, required=True, help="image folder, searched recursively (e.g. DATA/test)")
     p_predict.add_argument("--out", type=Path, required=True, help="CSV to write: file,probability,watermark,error")

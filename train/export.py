@@ -7,7 +7,13 @@ The export folder is everything serving needs (``scripts/create_mar.sh`` packs i
 * ``preprocess.json`` — the :class:`~handler.preprocess.PreprocessSpec`;
 * ``threshold.json`` — the decision threshold on the probability and the rule
   that chose it;
-* ``model_info.json`` — provenance: weights, metrics, training parameters.
+* ``model_info.json`` — provenance: weights, metrics, training parameters, and the
+  checks of the optional model files below.
+
+Optional model files, each added to a bundle by its own command and written only when
+its check passes: ``model.onnx`` (:func:`export_onnx`), ``model.int8.onnx`` with
+``threshold.int8.json`` (:mod:`train.quantize`) and ``model.pt2``, a ``torch.export`` +
+AOTInductor package (:func:`export_pt2`).
 
 The folder is built beside the target and renamed into place, so a failed export
 never leaves a half-written bundle that a later step could trust.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +136,24 @@ ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 
 
+def onnx_runner(model: Path | bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``[N,3,S,S] -> logits [N,1]`` through onnxruntime on the CPU, set up as the handler does
+    (``threads`` intra-op threads that sleep between runs instead of spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: batch.contiguous().numpy()})[0])
+
+    return run
+
+
 def export_onnx(
     export_dir: Path, *, tolerance: float = DEFAULT_TOLERANCE, opset: int = ONNX_OPSET, real_inputs: torch.Tensor | None = None
 ) -> dict[str, Any]:
@@ -162,14 +186,12 @@ def export_onnx(
             model, (example,), onnx_bytes, dynamo=False, opset_version=opset, input_names=["input"],
             output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())
-    session = ort.InferenceSession(onnx_bytes.getvalue(), options, providers=["CPUExecutionProvider"])
+    run = onnx_runner(onnx_bytes.getvalue(), torch.get_num_threads())
     worst = 0.0
     with torch.no_grad():
         for batch in parity_inputs(spec, real_inputs):
             expected = model(batch).numpy()
-            got = session.run(None, {"input": batch.numpy()})[0]
+            got = run(batch).numpy()
             if got.shape != expected.shape:
                 raise ExportError(f"ONNX output shape {got.shape} differs from TorchScript {expected.shape}")
             worst = max(worst, float(abs(got - expected).max()))
@@ -181,3 +203,93 @@ def export_onnx(
     write_bytes_atomic(export_dir / ONNX_FILE, onnx_bytes.getvalue())
     write_json_atomic(info_path, info)
     return {"max_abs_diff": worst, "tolerance": tolerance, "path": str(export_dir / ONNX_FILE), "opset": opset}
+
+
+PT2_FILE = "model.pt2"
+DEFAULT_MAX_BATCH = 64
+
+
+def load_checkpoint(checkpoint: Path) -> tuple[nn.Module, PreprocessSpec, dict[str, Any]]:
+    """The eval-mode eager model, its spec and the raw state of a training checkpoint."""
+    from train.model import WatermarkNet
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: not found; train first (python -m train train)")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state or "spec" not in state or "config" not in state:
+        raise ValueError(f"--checkpoint {checkpoint}: not a training checkpoint of this project")
+    config = state["config"]
+    model = WatermarkNet(pool=config["pool"], dropout=config["dropout"])
+    model.load_state_dict(state["model"])
+    return model.eval(), PreprocessSpec.from_dict(state["spec"]), state
+
+
+def compile_pt2(model: nn.Module, spec: PreprocessSpec, package: Path, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    """``torch.export`` (dynamic batch ``1..max_batch``) + AOTInductor into a ``.pt2`` package file.
+
+    Compiled for the CPU with frozen weights (constant folding and oneDNN weight packing
+    at compile time); the generated code targets this machine's vector instructions.
+    """
+    import warnings
+
+    size = spec.image_size
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model.eval(), (torch.zeros(2, 3, size, size),), dynamic_shapes=({0: batch},))
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package), inductor_configs={"freezing": True})
+
+
+def load_pt2(path: Path | str) -> Any:
+    """A compiled ``.pt2`` package as a callable ``[N,3,S,S] -> [N,1]``."""
+    return torch._inductor.aoti_load_package(str(path))
+
+
+def export_pt2(
+    export_dir: Path, checkpoint: Path, *, tolerance: float = DEFAULT_TOLERANCE, max_batch: int = DEFAULT_MAX_BATCH
+) -> dict[str, Any]:
+    """Add ``model.pt2`` to an export bundle from the checkpoint it was exported from.
+
+    The checkpoint must be the bundle's: same preprocessing, and its eager model must
+    match the bundle's TorchScript model within ``tolerance``. The compiled package must
+    match the eager model within ``tolerance`` on batches of 1 and 3 (and ``max_batch``
+    must be at least 3), or nothing is written. ``model_info.json`` records the check.
+
+    Raises:
+        FileNotFoundError: the bundle or the checkpoint is missing.
+        ExportError: the checkpoint is not the bundle's, or parity fails.
+    """
+    import platform
+    import tempfile
+    import time
+
+    if not 3 <= max_batch <= 4096:
+        raise ValueError(f"max_batch={max_batch!r}: allowed is an integer from 3 to 4096")
+    export_dir = Path(export_dir)
+    scripted, spec, _ = load_export(export_dir)
+    model, checkpoint_spec, _ = load_checkpoint(checkpoint)
+    if checkpoint_spec != spec:
+        raise ExportError(f"{checkpoint}: its preprocessing differs from {export_dir / SPEC_FILE}; not this bundle's checkpoint")
+    inputs = parity_inputs(spec)
+    bundle_diff = parity_max_diff(model, scripted, inputs)
+    if not bundle_diff <= tolerance:
+        raise ExportError(f"{checkpoint}: differs from {export_dir / MODEL_FILE} by {bundle_diff:.3g}; not this bundle's checkpoint")
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="pt2-") as tmp:
+        package = Path(tmp) / PT2_FILE
+        compile_pt2(model, spec, package, max_batch=max_batch)
+        seconds = time.time() - started
+        diff = parity_max_diff(model, load_pt2(package), inputs)
+        if not diff <= tolerance:
+            raise ExportError(f"compiled .pt2 differs from eager by {diff:.3g} > tolerance {tolerance:.3g}; nothing written")
+        data = package.read_bytes()
+    record = {
+        "file": PT2_FILE, "max_abs_diff": diff, "tolerance": tolerance, "max_batch": max_batch, "torch": torch.__version__,
+        "compile_seconds": round(seconds, 1), "compiled_on": f"{platform.machine()} CPU", "source_checkpoint": str(checkpoint),
+    }  # fmt: skip
+    info_path = export_dir / INFO_FILE
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    write_bytes_atomic(export_dir / PT2_FILE, data)
+    write_json_atomic(info_path, {**info, "pt2": record})
+    return {**record, "seconds": seconds, "path": str(export_dir / PT2_FILE)}

@@ -111,7 +111,7 @@ def load_splits(
 
 
 def write_holdout_list(samples: Sequence[Sample], root: Path, path: Path) -> Path:
-    """CSV ``file,label`` of the held-out split (``file`` relative to ``root``), for ``evaluate --labels``."""
+    """CSV ``file,label`` of a split (``file`` relative to ``root``), for ``evaluate --labels``."""
     rows = sorted((s.path.relative_to(root).as_posix(), s.label) for s in samples)
     return write_csv_report(path, ("file", "label"), rows)
 

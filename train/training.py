@@ -217,6 +217,10 @@ def prepare_data(run: Run) -> PreparedData:
         relabel_lib.write_relabel_report(splits.relabelled, relabelled_csv)
     else:
         relabelled_csv.unlink(missing_ok=True)  # a stale list from an earlier run would claim labels this run did not change
+    if splits.val_source == "split":  # the validation split, e.g. for export-int8 --val-labels
+        reports.append(splits_lib.write_holdout_list(splits.val, splits.root, reports_dir / "val.csv"))
+    else:
+        (reports_dir / "val.csv").unlink(missing_ok=True)
     if splits.holdout:
         splits_lib.write_holdout_list(splits.holdout, splits.root, holdout_csv)
         reports.append(holdout_csv)
