@@ -132,17 +132,28 @@ curl -s --noproxy '*' "http://127.0.0.1:$P_MET/metrics" | grep -q '^watermark_ve
 pod cp "$NAME:/home/model-server/model-store/watermark.mar" "$work/image.mar" \
     || die "cannot copy the archive out of the container"
 "$PYTHON" -W ignore::FutureWarning - "$work/image.mar" "${photos[0]}" "$first" <<'PY' || die "the container's probability differs from the local one"
-import io, json, sys, zipfile
+import io, json, sys, tempfile, zipfile
 import torch
 from handler.preprocess import PreprocessSpec, bytes_to_tensor, sigmoid
-with zipfile.ZipFile(sys.argv[1]) as mar:
+from train.export import load_pt2, onnx_runner
+with zipfile.ZipFile(sys.argv[1]) as mar:  # whichever model file the archive serves
     spec = PreprocessSpec.from_dict(json.loads(mar.read("preprocess.json")))
-    model = torch.jit.load(io.BytesIO(mar.read("model.pt")), map_location="cpu").eval()
+    name = json.loads(mar.read("MAR-INF/MANIFEST.json"))["model"]["serializedFile"]
+    blob = mar.read(name)
+if name.endswith(".onnx"):
+    model = onnx_runner(blob, torch.get_num_threads())
+elif name.endswith(".pt2"):
+    package = tempfile.NamedTemporaryFile(suffix=".pt2")
+    package.write(blob)
+    package.flush()
+    model = load_pt2(package.name)
+else:
+    model = torch.jit.load(io.BytesIO(blob), map_location="cpu").eval()
 data = open(sys.argv[2], "rb").read()
 with torch.inference_mode():
     local = sigmoid(float(model(bytes_to_tensor(data, spec).unsqueeze(0)).reshape(-1)[0]))
 served = json.loads(sys.argv[3])["probability"]
-print(f"image_test.sh: probability in the container {served}, in-process here with the image's archive {local:.6f}")
+print(f"image_test.sh: probability in the container {served}, in-process here with the image's archive ({name}) {local:.6f}")
 sys.exit(0 if abs(served - local) < 2e-5 else 1)
 PY
 if [[ -f key_file.json ]] && cmp -s "$work/image.mar" model_store/watermark.mar \
