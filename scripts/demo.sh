@@ -100,6 +100,7 @@ print("  your own photos:    .venv/bin/python -m train train --data DATA --outpu
 print("                      (DATA/train/{positive,negative}; README 'Train on your own data')")
 print("  real seller photos: make train-real DATA=../shared/digikala   (the team's recipe)")
 print("  the serving image:  make image && make image-test             (README 'Container')")
+print("  3.5x faster on CPU: the int8 model, python -m train export-int8 (README 'The export and the archive')")
 PYEOF
 
 stamp "done. TorchServe is still running:"

@@ -38,7 +38,12 @@ command -v podman >/dev/null 2>&1 || die "podman not found; run make image first
 pod image exists "$TAG" || die "image $TAG not found; build it with make image"
 
 work=$(mktemp -d)
-cleanup() { pod rm -f "$NAME" "$NAME-noauth" >/dev/null 2>&1 || true; rm -rf "$work"; }
+# One name per call: this podman's `rm -f A B` with B already gone exits 0 and leaves A behind.
+cleanup() {
+    local name
+    for name in "$NAME" "$NAME-noauth"; do pod rm -f "$name" >/dev/null 2>&1 || true; done
+    rm -rf "$work"
+}
 trap cleanup EXIT
 
 read -r P_INF P_MGT P_MET P_HEALTH < <("$PYTHON" - <<'PY'

@@ -228,3 +228,14 @@ def test_torchserve_serves_the_int8_and_pt2_archives(int8_bundle, pt2_bundle, tm
         assert "format=onnx" in log and "format=pt2" in log
     finally:
         gen.close()
+
+
+def test_export_int8_command_names_the_bad_option(inception, tmp_path: Path, capsys) -> None:
+    from train.cli import main
+
+    args = ["export-int8", "--export", str(inception["export"]), "--check", str(inception["check"])]
+    assert main([*args, "--val", str(tmp_path / "missing")]) == 2
+    assert f"--val {tmp_path / 'missing'}: not a folder" in capsys.readouterr().err
+    assert main([*args, "--val", str(inception["val"]), "--val-labels", str(tmp_path / "none.csv")]) == 2
+    assert f"--val-labels {tmp_path / 'none.csv'}: not found" in capsys.readouterr().err
+    assert not (inception["export"] / INT8_FILE).exists()

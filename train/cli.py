@@ -268,8 +268,8 @@ def _labelled(folder: Path, labels: Path | None, option: str) -> tuple[list[Path
 
     try:
         items, _, _ = collect_items(folder, labels)
-    except (ValueError, FileNotFoundError) as exc:
-        raise type(exc)(f"{option}: {exc}") from None
+    except (ValueError, FileNotFoundError) as exc:  # its messages name evaluate's options
+        raise type(exc)(str(exc).replace("--data ", f"{option} ").replace("--labels ", f"{option}-labels ")) from None
     return [item.path for item in items], [item.label for item in items]
 
 
