@@ -239,3 +239,14 @@ def test_export_int8_command_names_the_bad_option(inception, tmp_path: Path, cap
     assert main([*args, "--val", str(inception["val"]), "--val-labels", str(tmp_path / "none.csv")]) == 2
     assert f"--val-labels {tmp_path / 'none.csv'}: not found" in capsys.readouterr().err
     assert not (inception["export"] / INT8_FILE).exists()
+
+
+def test_export_command_re_exports_a_checkpoint(inception, tmp_path: Path, capsys) -> None:
+    from train.cli import main
+
+    assert main(["export", "--checkpoint", str(inception["checkpoint"]), "--out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "threshold.json").read_text())["threshold"] == 0.5
+    assert PreprocessSpec.load(tmp_path / "again" / "preprocess.json").image_size == SIZE
+    assert main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert f"--checkpoint {tmp_path / 'absent.pt'}: not found" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
