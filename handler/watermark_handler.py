@@ -45,8 +45,8 @@ handler's own not_image_bytes, ambiguous_form, bad_request_tag, processing_error
 Backends: the archive's serialized file is ``model.pt`` (TorchScript, the default),
 ``model.onnx`` or ``model.int8.onnx`` (onnxruntime; fp32 or quantised int8, the fastest on
 the CPU), or ``model.pt2`` (an AOTInductor package, TorchScript's successor; CPU only);
-all take the same normalised ``[N, 3, S, S]`` batch and return logits ``[N, 1]``. ``handler.threads`` in
-model-config.yaml sets the intra-op threads of either backend (create_mar.sh writes
+all take the same normalised ``[N, 3, S, S]`` batch and return logits ``[N, 1]``.
+``handler.threads`` in model-config.yaml sets the intra-op threads of every backend (create_mar.sh writes
 cores / workers). The TorchScript model gets its batch in ``channels_last`` on every
 device (about 1.4x faster on the CPU here, same logits to ~1e-6). On CUDA the batch goes
 through pinned host memory, the model's weights are ``channels_last`` too and, with
