@@ -216,7 +216,7 @@ for f in "$HANDLER_FILE" "$PREPROCESS_FILE"; do
 done
 
 # JSON checks without importing torch: the handler repeats them strictly at load time.
-"$PYTHON" - "$EXPORT_DIR" "$THRESHOLD_FILE" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above); re-export it"
+"$PYTHON" - "$EXPORT_DIR" "$THRESHOLD_FILE" "$FORMAT" "$BATCH_SIZE" <<'PY' || die "invalid export in '$EXPORT_DIR' (see above)"
 import json, math, sys
 from pathlib import Path
 export = Path(sys.argv[1])
@@ -232,8 +232,17 @@ thr = load(sys.argv[2])
 value = thr.get("threshold") if isinstance(thr, dict) else None
 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
     sys.exit(f"create_mar.sh: error: {export / sys.argv[2]}: expected {{\"threshold\": <number in [0, 1]>, ...}}, got {thr!r}")
-if (export / "model_info.json").exists():
-    load("model_info.json")
+info = load("model_info.json") if (export / "model_info.json").exists() else {}
+fmt, batch = sys.argv[3], int(sys.argv[4])
+if fmt == "onnx-int8" and not (info.get("int8") or {}).get("passed"):
+    # a later export-int8 whose check failed leaves the earlier files; its record is what counts
+    sys.exit(f"create_mar.sh: error: {export / 'model_info.json'}: the int8 model's latest check did not pass "
+             f"({'; '.join((info.get('int8') or {}).get('failures', [])) or 'no check recorded'}); "
+             "run python -m train export-int8 again or archive another --format")
+max_batch = (info.get("pt2") or {}).get("max_batch")
+if fmt == "pt2" and isinstance(max_batch, int) and batch > max_batch:
+    sys.exit(f"create_mar.sh: error: --batch-size {batch}: the .pt2 package takes batches of at most {max_batch} "
+             "(python -m train export-pt2 --max-batch)")
 PY
 
 mkdir -p "$MODEL_STORE"

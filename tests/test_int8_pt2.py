@@ -250,3 +250,16 @@ def test_export_command_re_exports_a_checkpoint(inception, tmp_path: Path, capsy
     assert main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x")]) == 2
     assert f"--checkpoint {tmp_path / 'absent.pt'}: not found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_create_mar_refuses_a_failed_int8_check_and_too_large_pt2_batches(int8_bundle, pt2_bundle, tmp_path: Path) -> None:
+    bundle = tmp_path / "export"
+    shutil.copytree(int8_bundle[0], bundle)
+    info = json.loads((bundle / "model_info.json").read_text())
+    info["int8"] = {**info["int8"], "passed": False, "failures": ["f1 0.8 is 0.1 below fp32's 0.9 (allowed 0.005)"]}
+    (bundle / "model_info.json").write_text(json.dumps(info))  # as a later export-int8 whose check failed leaves it
+    refused = create_mar("--export-dir", str(bundle), "--format", "onnx-int8", "--model-store", str(tmp_path / "store"))
+    assert refused.returncode != 0 and "the int8 model's latest check did not pass (f1 0.8 is 0.1 below" in refused.stderr
+    too_large = create_mar("--export-dir", str(pt2_bundle[0]), "--format", "pt2", "--batch-size", "16", "--model-store", str(tmp_path / "store"))
+    assert too_large.returncode != 0 and "--batch-size 16: the .pt2 package takes batches of at most 8" in too_large.stderr
+    assert not list((tmp_path / "store").glob("*.mar"))

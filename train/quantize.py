@@ -21,7 +21,9 @@ the file with onnxruntime like ``model.onnx``):
    models, each at its own threshold (the fp32 model at the bundle's; for reference also at
    the threshold its rule picks on the same validation images). The int8 model is written only when its F1 and
    ROC-AUC are each at most ``max_drop`` (default 0.005) below the fp32 model's. The check
-   goes into ``model_info.json`` under ``int8``, whether or not it passed.
+   goes into ``model_info.json`` under ``int8``, whether or not it passed; a failed check
+   leaves the files of an earlier passed one in place, and ``create_mar.sh --format
+   onnx-int8`` refuses them because the latest check did not pass.
 """
 
 from __future__ import annotations
