@@ -330,10 +330,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_folder(parser: argparse.ArgumentParser) -> None:
+    """``--export``: the bundle a command reads or adds to."""
+    parser.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+
+
 def _add_bundle_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by predict and evaluate."""
+    _add_export_folder(parser)
     a = parser.add_argument
-    a("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
     a("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     a(
         "--tta", action="store_true",
@@ -410,7 +415,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Convert the bundle's TorchScript model to ONNX (dynamic batch), check onnxruntime against "
         "TorchScript on random inputs, and write model.onnx into the bundle (nothing is written when parity fails).",
     )
-    p_onnx.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    _add_export_folder(p_onnx)
     p_onnx.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
     p_onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p_onnx.set_defaults(func=cmd_export_onnx)
@@ -423,7 +428,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "nothing is written. The check goes into model_info.json (key int8) either way. Folders hold positive/ and "
         "negative/, or any images listed in a --*-labels CSV (file,label).",
     )
-    p_int8.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    _add_export_folder(p_int8)
     p_int8.add_argument("--val", type=Path, required=True, help="validation images: calibration and the int8 threshold")
     p_int8.add_argument("--val-labels", type=Path, help="CSV file,label of --val (e.g. OUTPUT/reports/val.csv)")
     p_int8.add_argument("--check", type=Path, required=True, help="held-out images for the F1 / ROC-AUC check")
@@ -439,7 +444,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "TorchScript model, and write model.pt2 into the bundle (nothing is written when parity fails). Needs a C++ "
         "compiler; the package runs on CPUs with the instruction set of the machine that compiled it.",
     )
-    p_pt2.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
+    _add_export_folder(p_pt2)
     p_pt2.add_argument("--checkpoint", type=Path, default=Path("artifacts/checkpoints/best.pt"), help="training checkpoint of the bundle (default artifacts/checkpoints/best.pt)")
     p_pt2.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference| (default 1e-4)")
     p_pt2.add_argument("--max-batch", type=int, default=64, help="largest batch the package accepts (default 64)")
