@@ -111,3 +111,15 @@ def test_a_bundles_checked_int8_model_is_used_and_its_check_reported(small_expor
     copied, _, notes = bench.prepare_export(bundle, work, 75, {"torchscript", "int8"})
     assert set(notes) == {"int8_checked"} and "on 50 held-out photos F1 0.9100 (fp32 0.9000)" in notes["int8_checked"]
     assert (copied / "model.int8.onnx").read_bytes() == (bundle / "model.int8.onnx").read_bytes()
+
+
+def test_a_speed_only_int8_model_can_be_archived_for_the_served_rows(small_export: Path, tmp_path: Path) -> None:
+    from tests.ts_server import create_mar
+
+    bench = load_bench()
+    work = tmp_path / "work"
+    work.mkdir()
+    bundle, _, notes = bench.prepare_export(small_export, work, 75, {"torchscript", "int8"})
+    assert "int8" in notes and "int8_checked" not in notes  # never reported as a quality check
+    built = create_mar("--export-dir", str(bundle), "--format", "onnx-int8", "--model-store", str(tmp_path / "store"))
+    assert built.returncode == 0, built.stderr
