@@ -1,9 +1,10 @@
 # Two commands for a newcomer: `make demo` (main job) and `make test` (suite).
 # Both create or refresh .venv first; nothing is installed by hand.
+# `make review` (after make demo): the moderators' review page on http://127.0.0.1:8090/.
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo train-real tune bench bench-inputs bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
+.PHONY: venv demo review train-real tune bench bench-inputs bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -11,6 +12,12 @@ venv:
 demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdicts
 	@scripts/setup_fonts.sh
 	@scripts/demo.sh
+
+review: venv  ## the moderators' review page (starts TorchServe if it is not up; needs make demo first)
+	@[ -f model_store/watermark.mar ] || { echo "error: model_store/watermark.mar not found: run make demo first" >&2; exit 1; }
+	@scripts/serve.sh status >/dev/null 2>&1 || scripts/serve.sh start
+	@echo "review page: http://127.0.0.1:8090/  (Ctrl-C stops the page; make stop stops TorchServe)"
+	$(PY) -m review --host 127.0.0.1 --port 8090
 
 train-real: venv  ## the real-data recipe on ../shared/digikala (DATA=...): train, register, .mar, evaluate, predict test/
 	@scripts/train_real.sh
@@ -30,7 +37,8 @@ bench-quality: venv  ## train on the demo split, evaluate on test / held-out sty
 	@scripts/setup_fonts.sh
 	$(PY) scripts/bench_quality.py --out bench/quality
 
-test: venv  ## the whole suite (unit + integration with a real TorchServe)
+test: venv  ## the whole suite (unit + integration with a real TorchServe; the review page's test in headless Chromium)
+	@scripts/setup_browser.sh
 	$(PY) -m pytest -q
 
 test-fast: venv  ## unit tests only

@@ -11,6 +11,7 @@ Commands:
     export-pt2   add model.pt2 (torch.export + AOTInductor, parity-checked) to a bundle
     predict    score an unlabelled image folder with an export bundle -> CSV
     evaluate   metrics, per-style breakdown, curves and worst-error sheets on a labelled folder
+    review-export  moderators' decisions of the review page -> positive/ and negative/ training folders
 """
 
 from __future__ import annotations
@@ -330,6 +331,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from train.feedback import export_decisions
+
+    r = export_decisions(args.db, args.photos, args.out, only=args.only, overwrite=args.overwrite)
+    print(
+        f"wrote {r['out']}: {r['positive']} positive (rejected), {r['negative']} negative (accepted), "
+        f"{r['overturned']} of them overturn the model ({r['only']} decisions); add them to a dataset as "
+        f"DATA/train/positive and DATA/train/negative"
+    )
+    return 0
+
+
 def _add_export_folder(parser: argparse.ArgumentParser) -> None:
     """``--export``: the bundle a command reads or adds to."""
     parser.add_argument("--export", type=Path, default=Path("artifacts/export"), help="export bundle folder (default artifacts/export)")
@@ -466,6 +479,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="MLflow store of --mlflow-run (default $MLFLOW_TRACKING_URI, else the training store recorded in the bundle)",
     )
     p_eval.set_defaults(func=cmd_evaluate)
+    p_review = sub.add_parser(
+        "review-export", help="moderators' decisions (review page) -> positive/ and negative/ training folders",
+        description="Export the review page's decisions as training folders: OUT/positive/ (photos decided reject = "
+        "watermark), OUT/negative/ (decided accept = clean), and OUT/decisions.csv (one row per photo: file, label, "
+        "sha256, original name, model, version, probability, threshold, verdict, decision, overturned, reviewer, "
+        "time). The latest decision of each photo counts, over all reviewers. Photos are named <sha256>.<ext>. OUT "
+        "is built in a staging folder and swapped in whole; a missing photo or database is an error naming it.",
+    )
+    p_review.add_argument("--db", type=Path, default=Path("artifacts/review/decisions.sqlite"), help="decisions database of the review page (default artifacts/review/decisions.sqlite)")
+    p_review.add_argument("--photos", type=Path, default=Path("artifacts/review/photos"), help="the review page's photo folder (default artifacts/review/photos)")
+    p_review.add_argument("--out", type=Path, required=True, help="folder to write (refused when not empty, unless --overwrite)")
+    p_review.add_argument("--only", choices=("all", "overturned"), default="all", help="all decided photos (default), or only those whose decision overturns the model's verdict")
+    p_review.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p_review.set_defaults(func=cmd_review_export)
     p_demo = sub.add_parser("demo-data", help="build the demo dataset (see python -m train demo-data -h)", add_help=False)
     p_demo.add_argument("rest", nargs=argparse.REMAINDER)
     p_demo.set_defaults(func=cmd_demo_data)
