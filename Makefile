@@ -16,7 +16,6 @@ demo: venv  ## demo data -> train -> export -> .mar -> TorchServe -> curl verdic
 review: venv  ## the moderators' review page (starts TorchServe if it is not up; needs make demo first)
 	@[ -f model_store/watermark.mar ] || { echo "error: model_store/watermark.mar not found: run make demo first" >&2; exit 1; }
 	@scripts/serve.sh status >/dev/null 2>&1 || scripts/serve.sh start
-	@echo "review page: http://127.0.0.1:8090/  (Ctrl-C stops the page; make stop stops TorchServe)"
 	$(PY) -m review --host 127.0.0.1 --port 8090
 
 train-real: venv  ## the real-data recipe on ../shared/digikala (DATA=...): train, register, .mar, evaluate, predict test/

@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     from review.app import create_app
 
     app = create_app(config)
-    print(f"review page: http://{args.host}:{args.port}/  (TorchServe {config.inference_url}, model {config.model}; "
-          f"decisions {config.db}, photos {config.photos})", flush=True)
+    print(f"review page: http://{args.host}:{args.port}/  (Ctrl-C stops it; TorchServe {config.inference_url}, "
+          f"model {config.model}; decisions {config.db}, photos {config.photos})", flush=True)
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     return 0
 

@@ -201,7 +201,7 @@ def _register_routes(app: Flask, reviewer: Reviewer) -> None:
             return _json_error(404, f"photo {sha}: no heat-map")
         width = request.args.get("w", type=int)
         resp = Response(render_png(check.explanation, width), mimetype="image/png")
-        resp.headers["Cache-Control"] = "private, max-age=3600"
+        resp.headers["Cache-Control"] = "no-cache"  # a new check of the photo may change it
         return resp
 
     @app.post("/api/decisions")

@@ -77,9 +77,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     a("--db", type=Path, default=d.db, help=f"decisions database, SQLite (default {d.db})")
     a("--photos", type=Path, default=d.photos, help=f"folder of checked photos, <sha256>.<ext> (default {d.photos})")
     a("--max-files", type=int, default=d.max_files, help=f"files per upload request (default {d.max_files})")
-    a("--max-file-mb", type=_megabytes, default=d.max_file_bytes, dest="max_file_bytes",
+    a("--max-file-mb", type=_megabytes, default=d.max_file_bytes, dest="max_file_bytes", metavar="MIB",
       help=f"largest photo in MiB (default {d.max_file_bytes // MIB}, TorchServe's own limit)")
-    a("--max-request-mb", type=_megabytes, default=d.max_request_bytes, dest="max_request_bytes",
+    a("--max-request-mb", type=_megabytes, default=d.max_request_bytes, dest="max_request_bytes", metavar="MIB",
       help=f"largest upload request in MiB (default {d.max_request_bytes // MIB})")
     a("--workers", type=int, default=d.workers, help=f"photos sent to TorchServe at once per request (default {d.workers})")
     a("--timeout", type=float, default=d.read_timeout, help=f"seconds to wait for one verdict (default {d.read_timeout:g})")
