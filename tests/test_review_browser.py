@@ -114,6 +114,21 @@ def browser(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- helpers
+# A PNG drawn on a canvas, dropped on the drop zone as a browser's drag and drop would.
+DROP_PHOTO = """
+const canvas = document.createElement("canvas");
+canvas.width = 160; canvas.height = 120;
+const ctx = canvas.getContext("2d");
+ctx.fillStyle = "#3a7"; ctx.fillRect(0, 0, 160, 120);
+ctx.fillStyle = "#fff"; ctx.font = "20px sans-serif"; ctx.fillText("@shop", 40, 70);
+canvas.toBlob((blob) => {
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([blob], "dropped.png", { type: "image/png" }));
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+}, "image/png");
+"""
+
+
 def wait_for(driver, condition, what: str, timeout: float = WAIT):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -253,6 +268,18 @@ def test_review_page_in_a_browser(torchserve, review_app, browser, tmp_path):
     exported_photo = out / folder / stored.photo_file
     assert exported_photo.read_bytes() == files[stored.file_name].read_bytes()
     assert [p.name for p in (out / ("positive" if folder == "negative" else "negative")).iterdir()] == []
+
+    # a folder (the folder picker) and a photo dropped on the page
+    before = len(card_states(driver))
+    folder = tmp_path / "shop-folder"
+    folder.mkdir()
+    (folder / "bag.jpg").write_bytes(sf.jpeg_bytes(240, 180, seed=21))
+    driver.find_element(By.ID, "pick-folder").send_keys(str(folder))
+    driver.execute_script(DROP_PHOTO)
+    wait_for(driver, lambda d: len(card_states(d)) == before + 2 and "checking" not in card_states(d), "2 more cards")
+    names = [c.find_element(By.CSS_SELECTOR, ".name").text for c in driver.find_elements(By.CSS_SELECTOR, ".card")][before:]
+    assert sorted(names) == ["dropped.png", "shop-folder/bag.jpg"]
+    assert card_states(driver)[before:] == ["checked", "checked"]
 
     # TorchServe stops: a banner, and the photo is not lost (retry); it comes back: it works
     torchserve.stop()
