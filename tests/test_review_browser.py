@@ -105,6 +105,7 @@ def browser(tmp_path_factory):
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -155,6 +156,16 @@ def screenshot(driver, tmp_path: Path, name: str, *, publish: bool = True) -> Pa
         with Image.open(path) as shot:  # 256 colours: a few hundred KB less for the repository
             shot.convert("RGB").quantize(256).save(target / name, optimize=True)
     return path
+
+
+def requested_urls(driver) -> set[str]:
+    """URLs the page requested since the last call (Chrome's performance log)."""
+    urls = set()
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.add(message["params"]["request"]["url"])
+    return urls
 
 
 def press(driver, key: str) -> None:
@@ -296,6 +307,12 @@ def test_review_page_in_a_browser(torchserve, review_app, browser, tmp_path):
     last.find_element(By.CSS_SELECTOR, "button.retry").click()
     wait_for(driver, lambda d: last.get_attribute("data-state") == "checked", "the retried card")
     assert last.find_element(By.CSS_SELECTOR, ".verdict").text == first_result["verdict"]  # same photo as the first
+
+    # every network request the browser logged went to the app on loopback (blob:, data: and
+    # chrome:// resources are local)
+    urls = [u for u in requested_urls(driver) if u.startswith(("http:", "https:", "ws:", "wss:"))]
+    assert any(u.startswith(review_app.url + "/api/check") for u in urls)
+    assert [u for u in urls if not u.startswith(review_app.url + "/")] == []
 
 
 # ---------------------------------------------------------------- the API against a real TorchServe
