@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo review train-real tune bench bench-inputs bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
+.PHONY: venv demo review train-real tune bench bench-inputs bench-localize bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -31,6 +31,9 @@ bench: venv  ## inference benchmark: raw backends, preprocessing, TorchServe end
 
 bench-inputs: venv  ## worst-case inputs: decode memory and time per image, also against the running server (make serve first)
 	$(PY) scripts/bench_inputs.py --served --out bench/inputs.md
+
+bench-localize: venv  ## pointing game: does the /explanations map peak on the mark? (synthetic marks on the demo's test photos)
+	$(PY) scripts/bench_localize.py --out bench/localize.md
 
 bench-quality: venv  ## train on the demo split, evaluate on test / held-out styles / hard negatives
 	@scripts/setup_fonts.sh

@@ -604,6 +604,18 @@ def load_image_file(
     return decode_image(data, max_pixels=max_pixels, source=str(path), draft_size=draft_size)
 
 
+def content_box(width: int, height: int, spec: PreprocessSpec) -> tuple[int, int, int, int]:
+    """Where a ``width`` x ``height`` image lands in the model input: ``(left, top, right, bottom)``
+    in model pixels (the whole square when squashed; the centred, padded rectangle otherwise)."""
+    size = spec.image_size
+    if spec.resize == "squash":
+        return 0, 0, size, size
+    scale = size / max(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    left, top = (size - new_w) // 2, (size - new_h) // 2
+    return left, top, left + new_w, top + new_h
+
+
 def resize_for_model(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
     """Resize an RGB image to ``spec.image_size`` squared by the spec's policy."""
     size = spec.image_size
@@ -614,13 +626,18 @@ def resize_for_model(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
         if image.size == (size, size):
             return image
         return image.resize((size, size), resample=resample, reducing_gap=3.0)
-    width, height = image.size
-    scale = size / max(width, height)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    resized = image.resize((new_w, new_h), resample=resample, reducing_gap=3.0)
+    left, top, right, bottom = content_box(*image.size, spec)
+    resized = image.resize((right - left, bottom - top), resample=resample, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), (spec.fill,) * 3)
-    canvas.paste(resized, ((size - new_w) // 2, (size - new_h) // 2))
+    canvas.paste(resized, (left, top))
     return canvas
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an image as shown (EXIF orientation applied), from its header only."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
 
 
 def image_to_tensor(image: Image.Image, spec: PreprocessSpec) -> torch.Tensor:

@@ -22,6 +22,12 @@ Response per good image (JSON, HTTP 200)::
     {"watermark": true, "probability": 0.912345, "threshold": 0.37,
      "model": "watermark", "version": "1.0"}
 
+Sent to ``/explanations/<model>`` (TorchServe marks it with the request header
+``explain: True``), a good image's answer also has ``"explanation"``: where the evidence
+is, from the same forward pass (``evidence.py`` documents the object). A model without an
+evidence map (a ``.pt2``, or an export older than explanations) answers
+``"explanation": null`` with ``"explanation_error"`` saying why; the verdict is the same.
+
 Response per bad image (HTTP 400, 413 or 415 for that request only; the HTTP reason phrase is
 a one-line ASCII copy of the message)::
 
@@ -70,14 +76,16 @@ from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
 if __package__:  # imported as handler.watermark_handler (repository, tests)
+    from .evidence import summarize
     from .preprocess import (
-        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, decode_budget, decode_cost, image_to_tensor,
-        load_rgb, open_image, sigmoid,
+        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, content_box, decode_budget, decode_cost,
+        image_to_tensor, load_rgb, open_image, sigmoid, upright_size,
     )
 else:  # imported flat from the unpacked .mar model directory
+    from evidence import summarize
     from preprocess import (
-        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, decode_budget, decode_cost, image_to_tensor,
-        load_rgb, open_image, sigmoid,
+        SPEC_FILE, DecodeBudget, ImageDecodeError, PreprocessSpec, content_box, decode_budget, decode_cost,
+        image_to_tensor, load_rgb, open_image, sigmoid, upright_size,
     )
 
 logger = logging.getLogger(__name__)
@@ -91,6 +99,14 @@ HANDLER_SETTINGS = {"max_pixels", "decode_memory_mb", "profile", "threads", "cud
 # Images of one batch decoding in parallel hold at most this many per-image budgets at once.
 DEFAULT_DECODES_AT_ONCE = 2
 MODEL_FORMATS = {".pt": "torchscript", ".onnx": "onnx", ".pt2": "pt2"}
+# The evidence map's ONNX output name (TorchScript: the model's ``explain`` method).
+EVIDENCE_OUTPUT = "evidence"
+# TorchServe's frontend sets this request header to "True" on /explanations/<model> calls.
+EXPLAIN_HEADER = "explain"
+NO_EXPLANATION = (
+    "this model version has no evidence map ({why}); export it again with this release "
+    "(python -m train export, then scripts/create_mar.sh) to get explanations"
+)
 REASON_MAX_CHARS = 200
 # How error messages name the input (the client sees only its own request).
 SOURCE = "request body"
@@ -138,7 +154,10 @@ def release_freed_memory() -> None:
 def onnx_runner(path: str, *, threads: int, device: torch.device) -> Any:
     """A callable ``tensor [N,3,S,S] -> logits tensor [N,1]`` backed by onnxruntime.
 
-    A function, not a class: TorchServe requires exactly one class in this module.
+    When the graph also has the output ``evidence`` (exports since explanations), the
+    callable's ``explain`` attribute returns ``(logits, evidence [N,h,w])`` of one run;
+    else it is None. A function, not a class: TorchServe requires exactly one class in
+    this module.
     """
     import onnxruntime as ort
 
@@ -154,12 +173,21 @@ def onnx_runner(path: str, *, threads: int, device: torch.device) -> Any:
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     session = ort.InferenceSession(path, options, providers=providers)
     input_name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+
+    def fetch(batch: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return [torch.from_numpy(a) for a in session.run(names, {input_name: array})]
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(session.run(None, {input_name: array})[0])
+        return fetch(batch, outputs[:1])[0]
+
+    def explain(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, evidence = fetch(batch, [outputs[0], EVIDENCE_OUTPUT])
+        return logits, evidence
 
     run.providers = session.get_providers()  # type: ignore[attr-defined]
+    run.explain = explain if EVIDENCE_OUTPUT in outputs[1:] else None  # type: ignore[attr-defined]
     return run
 
 
@@ -301,6 +329,13 @@ def check_request_tag(value: Any) -> str | None:
     )
 
 
+def wants_explanation(value: Any) -> bool:
+    """Whether a request's ``explain`` header marks it as sent to /explanations/<model>."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("latin-1")
+    return str(value).strip().lower() == "true" if value is not None else False
+
+
 def header_value(context: Any, idx: int, name: str) -> Any:
     """Request header ``name`` of batch item ``idx``, matched case-insensitively (None if absent)."""
     if context is None:
@@ -344,6 +379,8 @@ class WatermarkHandler(BaseHandler):
         self.cuda_half = False
         self._pool: Any = None
         self.decode_memory: DecodeBudget | None = None
+        self.explainer: Any = None  # batch -> (logits, evidence map); None when the model has no map
+        self.no_explanation = ""  # why there is none, for the answers to /explanations
 
     # ------------------------------------------------------------------ loading
     def initialize(self, context) -> None:
@@ -416,6 +453,7 @@ class WatermarkHandler(BaseHandler):
         )
 
         self._check_model_contract()
+        self.explainer, self.no_explanation = self._find_explainer()
         logger.info(
             "watermark handler ready: model=%s version=%s format=%s device=%s threads=%d image_size=%d threshold=%s "
             "max_pixels=%d decode_memory=%d MB",
@@ -438,6 +476,17 @@ class WatermarkHandler(BaseHandler):
         else:
             self.model = pt2_runner(model_path)
         self.initialized = True
+
+    def _find_explainer(self) -> tuple[Any, str]:
+        """The model's logits-and-evidence callable, or None and the reason there is none."""
+        name = os.path.basename(getattr(self, "model_pt_path", "") or "") or "the model"
+        if self.model_format == "pt2":
+            return None, f"{name}: explanations are not served from a .pt2 package; serve the bundle's model.pt or model.onnx"
+        explain = getattr(self.model, "explain", None)
+        if explain is not None:
+            return explain, ""
+        what = "no explain method" if self.model_format == "torchscript" else f"no '{EVIDENCE_OUTPUT}' output"
+        return None, NO_EXPLANATION.format(why=f"{name} has {what}")
 
     def _check_model_contract(self) -> None:
         """Fail at load time (not on the first request) if the model does not map [N,3,S,S] -> [N,1]."""
@@ -481,11 +530,14 @@ class WatermarkHandler(BaseHandler):
         """
         tensors, good, errors, tags = [], [], {}, {}
         bodies: dict[int, bytes] = {}
+        explain: dict[int, tuple[int, int]] = {}  # items sent to /explanations -> photo size
         for idx, row in enumerate(data):
             try:
                 tag = check_request_tag(header_value(self.context, idx, REQUEST_TAG_HEADER))
                 if tag is not None:
                     tags[idx] = tag
+                if wants_explanation(header_value(self.context, idx, EXPLAIN_HEADER)):
+                    explain[idx] = (0, 0)
                 check_not_url_encoded_form(header_value(self.context, idx, "Content-Type"))
                 bodies[idx] = extract_body(row)
             except ImageDecodeError as exc:
@@ -504,6 +556,8 @@ class WatermarkHandler(BaseHandler):
             try:
                 tensors.append(futures[idx].result() if futures is not None else self._decode(body))
                 good.append(idx)
+                if idx in explain:
+                    explain[idx] = upright_size(body)
             except ImageDecodeError as exc:  # its message already states the limit that applies
                 errors[idx] = (exc.status, str(exc), exc.reason)
             except Exception as exc:  # never let one odd input take the batch down
@@ -514,7 +568,8 @@ class WatermarkHandler(BaseHandler):
         for idx, (status, message, reason) in errors.items():
             logger.info("batch item %d rejected with %d (%s): %s", idx, status, reason, message)
         batch = self._to_device(torch.stack(tensors)) if tensors else None
-        return {"size": len(data), "tensor": batch, "good": good, "errors": errors, "tags": tags}
+        explain = {idx: size for idx, size in explain.items() if idx in good}
+        return {"size": len(data), "tensor": batch, "good": good, "errors": errors, "tags": tags, "explain": explain}
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """TorchScript: channels_last (CUDA: through pinned memory, asynchronously). ONNX: as is."""
@@ -528,23 +583,29 @@ class WatermarkHandler(BaseHandler):
     def inference(self, data, *args, **kwargs):
         """One forward pass over the stacked good images (none if all failed)."""
         logits: list[float] = []
+        evidence = None
         if data["tensor"] is not None:
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda_half):
-                out = self.model(data["tensor"], *args, **kwargs)
+                if data.get("explain") and self.explainer is not None:  # same pass: logits and the map
+                    out, evidence = self.explainer(data["tensor"])
+                    evidence = evidence.float().cpu()
+                else:
+                    out = self.model(data["tensor"], *args, **kwargs)
             if out.numel() != len(data["good"]):
                 raise RuntimeError(f"model returned {tuple(out.shape)} for {len(data['good'])} images; expected [N, 1]")
             logits = out.reshape(-1).float().cpu().tolist()
         logger.info(
             "watermark batch: %d requests, %d decoded, %d rejected", data["size"], len(data["good"]), len(data["errors"])
         )
-        return {**data, "logits": logits}
+        return {**data, "logits": logits, "evidence": evidence}
 
     @timed
     def postprocess(self, data):
         """Exactly one output per request, in request order; bad ones get their own status."""
         outputs: list[dict[str, Any]] = [None] * data["size"]  # type: ignore[list-item]
         verdicts: Counter[str] = Counter()
-        for idx, logit in zip(data["good"], data["logits"]):
+        explain = data.get("explain") or {}
+        for row, (idx, logit) in enumerate(zip(data["good"], data["logits"])):
             probability = sigmoid(logit)
             watermark = bool(probability >= self.threshold)
             verdicts["watermark" if watermark else "clean"] += 1
@@ -555,6 +616,8 @@ class WatermarkHandler(BaseHandler):
                 "model": self.model_name,
                 "version": self.model_version,
             }
+            if idx in explain:
+                outputs[idx].update(self._explanation(data.get("evidence"), row, explain[idx]))
             # TorchServe otherwise sends an empty reason phrase ("HTTP/1.1 200 ").
             self._set_status(200, "OK", idx)
         for idx, (status, message, _reason) in data["errors"].items():
@@ -567,6 +630,23 @@ class WatermarkHandler(BaseHandler):
         self._count(VERDICT_METRIC, "Verdict", verdicts)
         self._count(REJECT_METRIC, "Reason", Counter(reason for _s, _m, reason in data["errors"].values()))
         return outputs
+
+    def _explanation(self, evidence: torch.Tensor | None, row: int, size: tuple[int, int]) -> dict[str, Any]:
+        """``{"explanation": {...}}`` for one image, or ``None`` with ``explanation_error``
+        (the verdict is answered either way)."""
+        if evidence is None:
+            return {"explanation": None, "explanation_error": self.no_explanation}
+        width, height = size
+        try:
+            return {
+                "explanation": summarize(
+                    evidence[row], size=self.spec.image_size, content=content_box(width, height, self.spec),
+                    width=width, height=height,
+                )
+            }
+        except Exception as exc:  # never fail the verdict for its map
+            logger.warning("evidence map of batch row %d could not be summarised", row, exc_info=True)
+            return {"explanation": None, "explanation_error": f"the evidence map could not be summarised ({type(exc).__name__})"}
 
     def _count(self, name: str, label: str, counts: Counter) -> None:
         """Add per-batch counts to a counter; metrics must never fail a batch."""
@@ -606,10 +686,12 @@ class WatermarkHandler(BaseHandler):
             pass
 
     def _is_explain(self):
-        """No Captum explanations: /explanations/<name> answers like /predictions/<name>.
+        """Never BaseHandler's Captum path: it would call the missing get_insights() and
+        fail the whole batch with 503, deciding from request 0 alone for a mixed batch.
 
-        (BaseHandler would call the missing get_insights() and fail the whole batch with
-        503, and it decides from request 0 alone for a mixed batch.)
+        Instead every item of a batch reads its own ``explain`` header in :meth:`preprocess`;
+        items sent to /explanations/<name> get their verdict plus the evidence map of the
+        same forward pass (:meth:`inference`), the others their plain verdict.
         """
         return False
 
@@ -624,5 +706,6 @@ class WatermarkHandler(BaseHandler):
                 "max_pixels": self.max_pixels,
                 "decode_memory_mb": self.decode_memory.capacity // 1_000_000 if self.decode_memory else None,
                 "model_info": self.model_info,
+                "explanations": self.explainer is not None,
             }
         )

@@ -10,6 +10,7 @@
 #                         the model in the --format chosen (--serialized-file)
 #   watermark_handler.py  handler/watermark_handler.py (--handler)
 #   preprocess.py         handler/preprocess.py, the one preprocessing definition
+#   evidence.py           handler/evidence.py, the evidence map read onto the photo (/explanations)
 #   preprocess.json       PreprocessSpec of the export
 #   threshold.json        decision threshold on the sigmoid probability (--format onnx-int8:
 #                         the bundle's threshold.int8.json, chosen on the int8 model's scores)
@@ -211,7 +212,8 @@ for f in "$MODEL_FILE" preprocess.json "$THRESHOLD_FILE"; do
 done
 HANDLER_FILE="$REPO_ROOT/handler/watermark_handler.py"
 PREPROCESS_FILE="$REPO_ROOT/handler/preprocess.py"
-for f in "$HANDLER_FILE" "$PREPROCESS_FILE"; do
+EVIDENCE_FILE="$REPO_ROOT/handler/evidence.py"
+for f in "$HANDLER_FILE" "$PREPROCESS_FILE" "$EVIDENCE_FILE"; do
     [[ -f "$f" ]] || die "'$f' not found (run from a complete checkout)"
 done
 
@@ -287,7 +289,7 @@ CONFIG_FILE="$WORK_DIR/model-config.yaml"
 # The archive's threshold.json is the one of the model packed (threshold.int8.json for int8).
 mkdir "$WORK_DIR/files"
 cp "$EXPORT_DIR/$THRESHOLD_FILE" "$WORK_DIR/files/threshold.json"
-EXTRA_FILES="$PREPROCESS_FILE,$EXPORT_DIR/preprocess.json,$WORK_DIR/files/threshold.json"
+EXTRA_FILES="$PREPROCESS_FILE,$EVIDENCE_FILE,$EXPORT_DIR/preprocess.json,$WORK_DIR/files/threshold.json"
 if [[ -f "$EXPORT_DIR/model_info.json" ]]; then
     EXTRA_FILES="$EXTRA_FILES,$EXPORT_DIR/model_info.json"
 fi

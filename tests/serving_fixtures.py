@@ -43,6 +43,13 @@ class TinyNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
 
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the evidence map of the same pass, as the real model's ``explain``."""
+        from train.model import evidence_map
+
+        features = torch.relu(self.conv(x))
+        return self.fc(self.pool(features).flatten(1)), evidence_map(features, self.fc.weight, "max")
+
 
 def build_tiny_export(
     export_dir: str | Path,
@@ -51,15 +58,24 @@ def build_tiny_export(
     image_size: int = IMAGE_SIZE,
     model_info: bool = True,
     seed: int = 0,
+    explain: bool = True,
 ) -> Path:
-    """Write model.pt (torch.jit.trace), preprocess.json, threshold.json [, model_info.json]."""
+    """Write model.pt (torch.jit.trace), preprocess.json, threshold.json [, model_info.json].
+
+    With ``explain`` (the default) model.pt has the ``explain`` method exports have since
+    explanations; ``explain=False`` writes a model as older exports were.
+    """
     export_dir = Path(export_dir)
     export_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     net = TinyNet().eval()
     with torch.no_grad():
         net.fc.bias.fill_(-0.2)
-        traced = torch.jit.trace(net, torch.zeros(2, 3, image_size, image_size))
+        example = (torch.zeros(2, 3, image_size, image_size),)
+        if explain:
+            traced = torch.jit.trace_module(net, {"forward": example, "explain": example})
+        else:
+            traced = torch.jit.trace(net, example)
     traced.save(str(export_dir / "model.pt"))
     spec = PreprocessSpec.for_weights("tf-inception", image_size=image_size)
     (export_dir / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")

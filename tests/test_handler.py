@@ -201,13 +201,48 @@ def test_reason_phrase_is_one_ascii_line():
     assert reason_phrase("") == "Bad Request"
 
 
-def test_explain_header_is_answered_like_a_prediction(loaded, export_dir):
-    handler, context = loaded
+def assert_explanation(result: dict, width: int, height: int) -> None:
+    explanation = result["explanation"]
+    assert explanation["kind"] == "class-activation"
+    assert explanation["image"] == {"width": width, "height": height}
+    grid = explanation["grid"]
+    assert len(grid) == explanation["rows"] and all(len(row) == explanation["cols"] for row in grid)
+    values = [v for row in grid for v in row]
+    assert min(values) >= 0 and max(values) <= 1
+    assert 0 <= explanation["peak"]["x"] <= width and 0 <= explanation["peak"]["y"] <= height
+    box = explanation["box"]
+    assert 0 <= box["left"] < box["right"] <= width and 0 <= box["top"] < box["bottom"] <= height
+    assert box["left"] <= explanation["peak"]["x"] <= box["right"] and box["top"] <= explanation["peak"]["y"] <= box["bottom"]
+
+
+def test_explanations_come_per_item_from_the_same_pass(counting, export_dir):
+    handler, context, model = counting
+    wide, rotated, plain = sf.jpeg_bytes(160, 90, seed=1), sf.exif_rotated_jpeg_bytes(), sf.jpeg_bytes(seed=2)
+    context.new_batch(4)
+    for idx in (0, 1, 3):
+        context.request_headers[idx]["explain"] = "True"
+    out = handler.handle([{"body": wide}, {"body": rotated}, {"body": plain}, {"body": b"not an image"}], context)
+    assert model.batch_sizes == []  # one pass of the model's explain method, not of forward
+    for idx, data in ((0, wide), (1, rotated), (2, plain)):
+        assert_verdict({k: v for k, v in out[idx].items() if k != "explanation"}, export_dir, data)
+    assert_explanation(out[0], 160, 90)
+    size = decode_image(rotated).size  # shown upright: EXIF orientation applied
+    assert_explanation(out[1], *size)
+    assert "explanation" not in out[2]  # a /predictions item in the same batch
+    assert out[3]["status"] == 400 and "explanation" not in out[3]
+
+
+def test_a_model_without_a_map_still_answers_explanations(tmp_path):
+    old = sf.build_tiny_export(tmp_path / "old", explain=False)
+    handler, context = make_handler(old)
     data = sf.jpeg_bytes()
     context.new_batch(1)
     context.request_headers[0]["explain"] = "True"
     out = handler.handle([{"body": data}], context)
-    assert_verdict(out[0], export_dir, data)
+    assert_verdict({k: v for k, v in out[0].items() if not k.startswith("explanation")}, old, data)
+    assert out[0]["explanation"] is None
+    assert "model.pt has no explain method" in out[0]["explanation_error"] and "export it again" in out[0]["explanation_error"]
+    assert json.loads(handler.describe_handle())["explanations"] is False
 
 
 def test_describe(loaded):
@@ -313,7 +348,7 @@ def test_imports_flat_and_as_package_without_training_code(tmp_path):
     """Inside the .mar the files are flat; TorchServe needs exactly one class in the module."""
     flat = tmp_path / "model_dir"
     flat.mkdir()
-    for name in ("watermark_handler.py", "preprocess.py"):
+    for name in ("watermark_handler.py", "preprocess.py", "evidence.py"):
         shutil.copy(sf.REPO_ROOT / "handler" / name, flat / name)
     script = textwrap.dedent(
         f"""

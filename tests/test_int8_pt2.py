@@ -180,8 +180,15 @@ def test_handler_serves_int8_and_pt2_with_their_thresholds(int8_bundle, pt2_bund
         handler.initialize(context)
         assert handler.model_format == fmt
         context.new_batch(len(bodies))
+        context.request_headers[0]["explain"] = "True"  # item 0 was sent to /explanations
         results[name] = handler.handle([{"body": b} for b in bodies], context)
         assert results[name][3]["status"] == 400  # per-item errors as for every format
+        explained = results[name][0]
+        if name == "pt2":  # no evidence output in an AOTInductor package: the verdict, and why no map
+            assert explained["explanation"] is None and ".pt2 package" in explained["explanation_error"]
+        else:  # the int8 graph keeps the float evidence output of model.onnx
+            assert explained["explanation"]["image"] == {"width": 120, "height": 100}, explained
+        assert "explanation" not in results[name][1]
         if name == "int8":
             assert handler.threshold == json.loads((int8_bundle[0] / INT8_THRESHOLD_FILE).read_text())["threshold"]
     for ts_out, pt2_out, int8_out in zip(results["torchscript"][:3], results["pt2"][:3], results["int8"][:3]):

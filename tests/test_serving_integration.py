@@ -88,9 +88,15 @@ def test_single_image_raw_body(server):
     explain = requests.put(
         f"{server.inference}/explanations/watermark", data=data, headers=server.auth(), timeout=TIMEOUT
     )
-    for other in (post, form, text_label, explain):
+    for other in (post, form, text_label):
         assert other.status_code == 200, other.text
         assert_same_verdict(other.json(), body)
+    # /explanations: the same verdict plus where the evidence is (TorchServe's explain header)
+    assert explain.status_code == 200, explain.text
+    explained = explain.json()
+    assert_same_verdict({k: v for k, v in explained.items() if k != "explanation"}, body)
+    assert explained["explanation"]["image"] == {"width": 120, "height": 90}
+    assert len(explained["explanation"]["grid"]) == explained["explanation"]["rows"]
 
     as_json = requests.post(server.predict_url, json={"image": "x"}, headers=server.auth(), timeout=TIMEOUT)
     assert as_json.status_code == 400 and "not a decodable image" in as_json.json()["error"]
@@ -207,7 +213,7 @@ def test_archive_config_matches_config_properties(tmp_path):
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
         model_config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"model.pt", "watermark_handler.py", "preprocess.py", "preprocess.json", "threshold.json",
+    assert {"model.pt", "watermark_handler.py", "preprocess.py", "evidence.py", "preprocess.json", "threshold.json",
             "model_info.json", "model-config.yaml"} <= names
     assert manifest["model"]["handler"] == "watermark_handler.py"
     assert manifest["model"]["serializedFile"] == "model.pt"

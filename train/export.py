@@ -3,7 +3,8 @@
 The export folder is everything serving needs (``scripts/create_mar.sh`` packs it):
 
 * ``model.pt`` — TorchScript; input ``[N, 3, S, S]`` normalised per the spec,
-  output plain logits ``[N, 1]``;
+  output plain logits ``[N, 1]``; its ``explain`` method returns the logits and the
+  evidence map ``[N, h, w]`` of the same pass (what ``/explanations`` serves);
 * ``preprocess.json`` — the :class:`~handler.preprocess.PreprocessSpec`;
 * ``threshold.json`` — the decision threshold on the probability and the rule
   that chose it;
@@ -43,12 +44,38 @@ class ExportError(RuntimeError):
     """The traced model disagrees with the eager one, or the bundle is invalid."""
 
 
+EXPLAIN_METHOD = "explain"
+
+
 def trace_model(model: nn.Module, spec: PreprocessSpec) -> torch.jit.ScriptModule:
-    """``torch.jit.trace`` of the eval-mode model on a batch of two at the spec's size."""
+    """``torch.jit.trace`` of the eval-mode model on a batch of two at the spec's size.
+
+    A model with an ``explain`` method (logits and evidence map, see
+    :meth:`train.model.WatermarkNet.explain`) gets it traced too, beside ``forward``:
+    the handler's ``/explanations`` answers come from it.
+    """
     model = model.eval()
     example = torch.zeros(2, 3, spec.image_size, spec.image_size)
     with torch.no_grad():
+        if callable(getattr(model, EXPLAIN_METHOD, None)):
+            methods = {"forward": (example,), EXPLAIN_METHOD: (example,)}
+            return torch.jit.trace_module(model, methods, check_trace=False)
         return torch.jit.trace(model, example, check_trace=False)
+
+
+def explain_max_diff(eager: nn.Module, traced: torch.jit.ScriptModule, inputs: Sequence[torch.Tensor]) -> float | None:
+    """Largest absolute difference of the ``explain`` outputs (logits and evidence map)
+    between the eager and traced models; None when the model has no ``explain``."""
+    if not hasattr(traced, EXPLAIN_METHOD) or not callable(getattr(eager, EXPLAIN_METHOD, None)):
+        return None
+    worst = 0.0
+    with torch.no_grad():
+        for batch in inputs:
+            for a, b in zip(eager.explain(batch), traced.explain(batch)):
+                if a.shape != b.shape:
+                    raise ExportError(f"explain output shapes differ: eager {tuple(a.shape)}, traced {tuple(b.shape)}")
+                worst = max(worst, float((a - b).abs().max()))
+    return worst
 
 
 def parity_max_diff(
@@ -107,7 +134,10 @@ def export_model(
     if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
         raise ValueError(f"threshold={value!r}: allowed is a probability strictly between 0 and 1")
     traced = trace_model(model, spec)
-    diff = parity_max_diff(model, traced, parity_inputs(spec, real_inputs))
+    inputs = parity_inputs(spec, real_inputs)
+    diff = parity_max_diff(model, traced, inputs)
+    explain_diff = explain_max_diff(model, traced, inputs)
+    diff = diff if explain_diff is None else max(diff, explain_diff)
     if not diff <= tolerance:
         raise ExportError(f"traced model differs from eager by {diff:.3g} > tolerance {tolerance:.3g}; nothing exported")
     out_dir = Path(out_dir)
@@ -136,9 +166,76 @@ ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
 
 
-def onnx_runner(model: Path | bytes, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+ONNX_OUTPUTS = ("logits", "evidence")
+_AVG_POOLS = ("GlobalAveragePool", "ReduceMean")
+_MAX_POOLS = ("GlobalMaxPool", "MaxPool", "ReduceMax")
+
+
+def add_evidence_output(graph_bytes: bytes) -> bytes:
+    """The exported graph plus the output ``evidence`` ``[N, h, w]``: one 1x1 convolution of
+    the last feature map with the head's weights, as :func:`train.model.evidence_map`.
+
+    The logits' part of the graph is left exactly as exported (node names included, which
+    int8 quantisation reads). The head must be global pools of one feature map,
+    concatenated, flattened and fed to the final Gemm (what ``WatermarkNet.head`` exports);
+    anything else is an :class:`ExportError`.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(graph_bytes))
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    gemm = producer.get(graph.output[0].name)
+    if gemm is None or gemm.op_type != "Gemm":
+        raise ExportError("ONNX head: the logits do not come from a Gemm; cannot add the evidence map")
+    pools, todo = [], [gemm.input[0]]
+    while todo:
+        node = producer.get(todo.pop(0))
+        if node is None:
+            raise ExportError("ONNX head: the Gemm's input does not come from pooling; cannot add the evidence map")
+        if node.op_type in _AVG_POOLS + _MAX_POOLS:
+            pools.append(node)
+        elif node.op_type in ("Concat", "Flatten", "Reshape"):
+            todo = list(node.input[:1] if node.op_type != "Concat" else node.input) + todo
+        else:
+            raise ExportError(f"ONNX head: unexpected {node.op_type} between the features and the Gemm")
+    features = {p.input[0] for p in pools}
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
+    if len(features) != 1 or len(shapes.get(next(iter(features)), [])) != 4:
+        raise ExportError("ONNX head: the pools do not share one 4-d feature map; cannot add the evidence map")
+    feature = next(iter(features))
+    _, channels, height, width = shapes[feature]
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    transposed = any(a.name == "transB" and a.i == 1 for a in gemm.attribute)
+    weight = weights[gemm.input[1]]
+    weight = (weight if transposed else weight.T).reshape(-1).astype(np.float32)
+    if weight.size != channels * len(pools):
+        raise ExportError(f"ONNX head: Gemm width {weight.size} is not {len(pools)} pools x {channels} channels")
+    combined = np.zeros(channels, dtype=np.float32)
+    for i, pool in enumerate(pools):
+        share = weight[i * channels:(i + 1) * channels]
+        combined += share / (height * width) if pool.op_type in _AVG_POOLS else share
+    graph.initializer.extend([
+        numpy_helper.from_array(combined.reshape(1, channels, 1, 1), "evidence.weight"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "evidence.axes"),
+    ])  # fmt: skip
+    graph.node.extend([
+        helper.make_node("Conv", [feature, "evidence.weight"], ["evidence.map"], name="/evidence/Conv", kernel_shape=[1, 1]),
+        helper.make_node("Squeeze", ["evidence.map", "evidence.axes"], [ONNX_OUTPUTS[1]], name="/evidence/Squeeze"),
+    ])  # fmt: skip
+    graph.output.append(helper.make_tensor_value_info(ONNX_OUTPUTS[1], onnx.TensorProto.FLOAT, ["batch", height, width]))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def onnx_runner(model: Path | bytes, threads: int, *, outputs: Sequence[str] | None = None) -> Callable[[torch.Tensor], Any]:
     """``[N,3,S,S] -> logits [N,1]`` through onnxruntime on the CPU, set up as the handler does
-    (``threads`` intra-op threads that sleep between runs instead of spinning)."""
+    (``threads`` intra-op threads that sleep between runs instead of spinning).
+
+    With ``outputs`` (names of the graph's outputs), the callable returns that list of tensors.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -148,8 +245,11 @@ def onnx_runner(model: Path | bytes, threads: int) -> Callable[[torch.Tensor], t
     session = ort.InferenceSession(str(model) if isinstance(model, Path) else model, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: batch.contiguous().numpy()})[0])
+    first = [session.get_outputs()[0].name]
+
+    def run(batch: torch.Tensor) -> Any:
+        got = session.run(list(outputs or first), {name: batch.contiguous().numpy()})
+        return [torch.from_numpy(a) for a in got] if outputs else torch.from_numpy(got[0])
 
     return run
 
@@ -160,7 +260,9 @@ def export_onnx(
     """Add ``model.onnx`` to an export bundle, converted from its TorchScript model.
 
     The ONNX graph takes the same input ``[N, 3, S, S]`` (dynamic batch) and returns the
-    same logits ``[N, 1]``; onnxruntime's output must match TorchScript's within
+    same logits ``[N, 1]`` (output ``logits``) and, when the TorchScript model has an
+    ``explain`` method, its evidence map ``[N, h, w]`` (output ``evidence``);
+    onnxruntime's outputs must match TorchScript's within
     ``tolerance`` on batches of 1 and 3 (and ``real_inputs``), or nothing is written.
     ``model_info.json`` records the opset and the measured difference.
 
@@ -179,28 +281,31 @@ def export_onnx(
     model, spec, _ = load_export(export_dir)
     size = spec.image_size
     example = torch.zeros(2, 3, size, size)
+    explains = hasattr(model, EXPLAIN_METHOD)
+    outputs = list(ONNX_OUTPUTS if explains else ONNX_OUTPUTS[:1])
     onnx_bytes = io.BytesIO()  # checked in memory first: nothing is written unless it passes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
         torch.onnx.export(
-            model, (example,), onnx_bytes, dynamo=False, opset_version=opset, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            model, (example,), onnx_bytes, dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=outputs[:1], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    run = onnx_runner(onnx_bytes.getvalue(), torch.get_num_threads())
+    graph = add_evidence_output(onnx_bytes.getvalue()) if explains else onnx_bytes.getvalue()
+    run = onnx_runner(graph, torch.get_num_threads(), outputs=outputs)
     worst = 0.0
     with torch.no_grad():
         for batch in parity_inputs(spec, real_inputs):
-            expected = model(batch).numpy()
-            got = run(batch).numpy()
-            if got.shape != expected.shape:
-                raise ExportError(f"ONNX output shape {got.shape} differs from TorchScript {expected.shape}")
-            worst = max(worst, float(abs(got - expected).max()))
+            expected = model.explain(batch) if explains else (model(batch),)
+            for want, got in zip(expected, run(batch)):
+                if got.shape != want.shape:
+                    raise ExportError(f"ONNX output shape {tuple(got.shape)} differs from TorchScript {tuple(want.shape)}")
+                worst = max(worst, float((got - want).abs().max()))
     if not worst <= tolerance:
         raise ExportError(f"ONNX model differs from TorchScript by {worst:.3g} > tolerance {tolerance:.3g}; nothing written")
     info_path = export_dir / INFO_FILE
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    info["onnx"] = {"file": ONNX_FILE, "opset": opset, "max_abs_diff": worst, "tolerance": tolerance, "onnxruntime": ort.__version__}
-    write_bytes_atomic(export_dir / ONNX_FILE, onnx_bytes.getvalue())
+    info["onnx"] = {"file": ONNX_FILE, "outputs": outputs, "opset": opset, "max_abs_diff": worst, "tolerance": tolerance, "onnxruntime": ort.__version__}
+    write_bytes_atomic(export_dir / ONNX_FILE, graph)
     write_json_atomic(info_path, info)
     return {"max_abs_diff": worst, "tolerance": tolerance, "path": str(export_dir / ONNX_FILE), "opset": opset}
 

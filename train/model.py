@@ -136,6 +136,32 @@ class WatermarkNet(nn.Module):
         """Pixels (normalised per the preprocessing spec) -> logits ``[N, 1]``."""
         return self.forward_from(x, 0)[0]
 
+    def explain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[N, 1]`` and an evidence map ``[N, h, w]`` from one forward pass.
+
+        The map is a class-activation map read off the head: at each cell of the last
+        feature map, the logit contribution the head's weights give that cell's features,
+        counted as if every channel's maximum were there (the max-pool weights) plus the
+        cell's share of the average (the avg-pool weights divided by ``h * w``). Its peak
+        is where the evidence for a watermark is strongest; it costs one 1x1 projection
+        on top of the ordinary forward pass.
+        """
+        features = self.features(x)
+        return self.head(features), evidence_map(features, self.net.fc.weight, self.pool)
+
+
+def evidence_map(features: torch.Tensor, weight: torch.Tensor, pool: str) -> torch.Tensor:
+    """Per-cell logit contributions ``[N, h, w]`` of a last feature map ``[N, C, h, w]``
+    under a head with ``fc.weight`` of shape ``[1, C]`` (avg or max) or ``[1, 2C]`` (avgmax)."""
+    channels = features.shape[1]
+    cells = features.shape[2] * features.shape[3]
+    w = weight.reshape(-1)
+    if pool == "avgmax":
+        w = w[:channels] / cells + w[channels:]
+    elif pool == "avg":
+        w = w / cells
+    return torch.einsum("c,nchw->nhw", w.to(features.dtype), features)
+
 
 def block_index(name: str) -> int:
     """Index of a block name in :data:`BLOCKS`; ``head`` means after all blocks."""
