@@ -96,6 +96,8 @@ print("through. The figures move between seeds; `make bench-quality` gives their
 print("three seeds, with held-out styles and hard negatives.")
 print()
 print("Next:")
+print("  review the verdicts: make review, then open http://127.0.0.1:8090/ (heat-maps, accept/reject,")
+print("                      and python -m train review-export turns decisions into training folders)")
 print("  your own photos:    .venv/bin/python -m train train --data DATA --output artifacts")
 print("                      (DATA/train/{positive,negative}; README 'Train on your own data')")
 print("  real seller photos: make train-real DATA=../shared/digikala   (the team's recipe)")
