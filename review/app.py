@@ -130,12 +130,15 @@ class Reviewer:
             return _error(name, 502, str(exc))
         explanation, note = _explanation_of(answer.body)
         sha = sha256_hex(data)
-        photo_file = save_photo(c.photos, sha, photo_extension(data), data)
-        self.store.record_check(Check(
-            sha256=sha, file_name=name, photo_file=photo_file, model=verdict["model"], version=verdict["version"],
-            probability=verdict["probability"], threshold=verdict["threshold"],
-            verdict="watermark" if verdict["watermark"] else "clean", explanation=explanation,
-        ))
+        try:  # the photo first: a recorded check always has its photo on disk
+            photo_file = save_photo(c.photos, sha, photo_extension(data), data)
+            self.store.record_check(Check(
+                sha256=sha, file_name=name, photo_file=photo_file, model=verdict["model"], version=verdict["version"],
+                probability=verdict["probability"], threshold=verdict["threshold"],
+                verdict="watermark" if verdict["watermark"] else "clean", explanation=explanation,
+            ))
+        except (OSError, sqlite3.Error) as exc:
+            return _error(name, 500, f"checked, but not stored, so it cannot be decided on: {exc}")
         return {
             "file": name, "ok": True, "sha256": sha, **verdict,
             "verdict": "watermark" if verdict["watermark"] else "clean",

@@ -142,9 +142,9 @@ def _fsync_folder(folder: Path) -> None:
 def save_photo(folder: Path, sha256: str, ext: str, data: bytes) -> str:
     """Store ``data`` as ``folder/<sha256>.<ext>`` atomically; return the file's name.
 
-    An existing file of that name already holds these bytes (content addressing) and is
-    kept. Otherwise the bytes go to a temporary file that is fsynced and renamed into
-    place, and the folder is fsynced, so the file is either whole or absent.
+    An existing file of that name and size is kept (the name is the content's hash).
+    Otherwise the bytes go to a temporary file that is fsynced and renamed into place, and
+    the folder is fsynced, so the file is either whole or absent.
     """
     if sha256_hex(data) != sha256:
         raise ValueError(f"photo bytes do not match sha256 {sha256}")
@@ -175,13 +175,27 @@ class ReviewStore:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        """Open (``create``: create if needed) the database at ``path``.
+
+        Raises:
+            FileNotFoundError: without ``create``, ``path`` does not exist.
+            ValueError: without ``create``, ``path`` is not a decisions database.
+        """
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such decisions database")
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(SCHEMA)
+            with self._connect() as conn:
+                conn.executescript(SCHEMA)
+            return
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such decisions database")
+        try:
+            with self._connect() as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{self.path}: not an SQLite database ({exc})") from None
+        if not {"checks", "decisions"} <= tables:
+            raise ValueError(f"{self.path}: not a decisions database of the review page (no decisions table)")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

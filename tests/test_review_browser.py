@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 
 from review.app import create_app
 from review.config import ReviewConfig
-from review.store import ReviewStore
+from review.store import ReviewStore, sha256_hex
 from tests import serving_fixtures as sf
 from tests.ts_server import REPO, TIMEOUT, Server, create_mar, needs_server, serve
 
@@ -340,6 +340,22 @@ def test_double_click_stores_one_decision_and_the_key_never_reaches_a_client(tor
         resp = requests.get(review_app.url + path, timeout=TIMEOUT)
         bodies.append(resp.content.decode("latin-1") + json.dumps(dict(resp.headers)))
     assert all(key not in body for body in bodies)
+
+
+@needs_server
+def test_a_photo_that_cannot_be_stored_gets_its_own_error(torchserve, tmp_path):
+    blocked = tmp_path / "photos"
+    blocked.write_text("a file where the photo folder should be")
+    config = ReviewConfig(inference_url=torchserve.inference, key_file=torchserve.key_file,
+                          db=tmp_path / "decisions.sqlite", photos=blocked)
+    with LiveApp(config) as app:
+        resp = requests.post(f"{app.url}/api/check", files=[("files", ("a.jpg", sf.jpeg_bytes(seed=50), "image/jpeg")),
+                                                             ("files", ("b.txt", b"text", "text/plain"))], timeout=TIMEOUT)
+    assert resp.status_code == 200
+    stored, bad = resp.json()["results"]
+    assert stored["status"] == 500 and stored["error"].startswith("a.jpg: checked, but not stored")
+    assert bad["status"] == 400 and bad["error"].startswith("b.txt: not a decodable image")
+    assert ReviewStore(config.db).get_check(sha256_hex(sf.jpeg_bytes(seed=50))) is None
 
 
 @needs_server

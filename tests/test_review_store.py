@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,18 @@ def test_durable_settings_and_schema(store: ReviewStore):
     assert again.decisions() == []
     with pytest.raises(FileNotFoundError, match="no such decisions database"):
         ReviewStore(store.path.with_name("missing.sqlite"), create=False)
+    assert not store.path.with_name("missing.sqlite").exists()
+    other = store.path.with_name("other.sqlite")
+    other.write_bytes(b"not a database at all" * 10)
+    with pytest.raises(ValueError, match="not an SQLite database"):
+        ReviewStore(other, create=False)
+    other.unlink()
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    with pytest.raises(ValueError, match="not a decisions database"):
+        ReviewStore(other, create=False)
+    assert ReviewStore(store.path, create=False).decisions() == []
 
 
 def test_overturned_means_decision_disagrees_with_verdict():
