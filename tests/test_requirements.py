@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_CODE = [*sorted((REPO / "handler").glob("*.py")), REPO / "scripts" / "keykeeper.py", REPO / "scripts" / "manage_models.py"]
-LOCAL_MODULES = {"handler", "preprocess", "manage_models", "watermark_handler"}  # the .mar and scripts/ import these flat
+LOCAL_MODULES = {"handler", "preprocess", "evidence", "manage_models", "watermark_handler"}  # the .mar and scripts/ import these flat
 
 
 def pins(path: Path) -> dict[str, str]:
