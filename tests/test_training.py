@@ -100,6 +100,30 @@ def test_cli_reports_bad_options_clearly(tiny_dataset: Path, tmp_path: Path, cap
     assert "--epochs 0" in capsys.readouterr().err
 
 
+def test_overlay_marks_ignore_fonts_outside_the_declared_set(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A font installed by something else (Chromium's packages bring Liberation) changes
+    no byte of the synthetic training marks, so not the model either."""
+    from train.overlay import add_overlay_pairs
+    from train.splits import load_splits
+    from train.synth import fonts
+
+    splits = load_splits(tiny_dataset, val_fraction=0.2, seed=0)
+    before = add_overlay_pairs(splits.train, tmp_path / "a", copies=2, seed=0)
+    extra = tmp_path / "extra-fonts"
+    extra.mkdir()
+    bundled = fonts.bundled_font_dir()
+    assert bundled is not None
+    for path in bundled.glob("*.ttf"):  # other families and more files of the known ones
+        (extra / f"Extra{path.name}").write_bytes(path.read_bytes())
+    monkeypatch.setenv(fonts.FONT_DIRS_ENV, str(extra))
+    fonts.pin_font_files(None)  # forget the fonts found so far, as a new process would
+    assert {p.name for p in fonts.font_candidates()} >= {"ExtraDejaVuSans.ttf", "ExtraSTIXGeneral.ttf"}  # discovery sees them
+    after = add_overlay_pairs(splits.train, tmp_path / "b", copies=2, seed=0)
+    assert [s.path.read_bytes() for s in after] == [s.path.read_bytes() for s in before]
+
+
 def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

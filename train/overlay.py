@@ -11,8 +11,13 @@ JPEG of the same quality. The twin replaces the original in training, so the two
 of a pair differ only by the mark and never by their JPEG history (a shortcut a model
 would otherwise learn: "re-encoded means watermarked"). A pair shares one batch and one
 side of every split. Files are ordinary images under ``OUTPUT/overlay/``, written
-atomically once per (source bytes, seed) and reused by later runs, so the feature cache
-treats them like any other image.
+atomically once per (source bytes, seed, font set) and reused by later runs, so the
+feature cache treats them like any other image.
+
+The marks are drawn with the declared fonts only (those ``scripts/setup_fonts.sh``
+installs; :func:`train.synth.demo.declared_fonts_only`), as the demo dataset is: a font
+that something else installed (Chromium's packages bring Liberation, for one) changes
+neither the marks nor the model trained on them.
 """
 
 from __future__ import annotations
@@ -89,18 +94,26 @@ def add_overlay_pairs(samples: Sequence[Sample], out_dir: Path, *, copies: float
         raise ValueError(f"--overlay-negatives {copies}: must be a number >= 0")
     if copies == 0:
         return list(samples)
+    from train.synth.demo import declared_fonts_only
+
     kept: list[Sample] = []
     made: list[Sample] = []
-    for sample in samples:
-        digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:16] if sample.label == 0 else ""
-        count = copies_for(random.Random(f"{digest}:{seed}:count"), copies) if digest else 0
-        rendered = _render_pair(sample.path, out_dir / f"{digest}-{seed}", count, f"{digest}:{seed}") if count else None
-        if rendered is None:
-            kept.append(sample)
-            continue
-        twin, marked = rendered
-        pair = f"overlay:{digest}-{seed}"
-        kept.append(Sample(twin, 0, group=sample.group, pair=pair))
-        made.extend(Sample(path, 1, group=sample.group, pair=pair) for path in marked)
-    log.info("overlay: %d synthetic positives paired with %d clean photos", len(made), sum(1 for s in kept if s.pair and s.pair.startswith("overlay:")))
+    with declared_fonts_only() as fonts:
+        font_set = fonts["fonts_sha256"][:8]
+        for sample in samples:
+            digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:16] if sample.label == 0 else ""
+            count = copies_for(random.Random(f"{digest}:{seed}:count"), copies) if digest else 0
+            folder = out_dir / f"{digest}-{seed}-{font_set}"
+            rendered = _render_pair(sample.path, folder, count, f"{digest}:{seed}") if count else None
+            if rendered is None:
+                kept.append(sample)
+                continue
+            twin, marked = rendered
+            pair = f"overlay:{digest}-{seed}"
+            kept.append(Sample(twin, 0, group=sample.group, pair=pair))
+            made.extend(Sample(path, 1, group=sample.group, pair=pair) for path in marked)
+    log.info(
+        "overlay: %d synthetic positives paired with %d clean photos (%d declared font files, set %s)",
+        len(made), sum(1 for s in kept if s.pair and s.pair.startswith("overlay:")), fonts["font_files"], font_set,
+    )
     return kept + made
