@@ -55,11 +55,24 @@ GRID_POINTS = 21
 TARGET = 0.8
 
 
-def default_export() -> Path | None:
-    """The product's model if re-exported with explanations, else the demo's; None when neither has a map."""
-    for candidate in (REPO / "artifacts" / "real" / "export-explain", REPO / "artifacts" / "real" / "export", REPO / "artifacts" / "export"):
-        if (candidate / "model.pt").is_file():
-            return candidate
+DEFAULT_EXPORTS = ("artifacts/real/export-explain", "artifacts/real/export", "artifacts/export")
+
+
+def load_explaining(export: Path) -> torch.jit.ScriptModule | None:
+    """The bundle's TorchScript model if it has the ``explain`` method, else None."""
+    if not (export / "model.pt").is_file():
+        return None
+    model = torch.jit.load(str(export / "model.pt"), map_location="cpu").eval()
+    return model if hasattr(model, "explain") else None
+
+
+def default_export() -> tuple[Path, torch.jit.ScriptModule] | None:
+    """The first of :data:`DEFAULT_EXPORTS` whose model has an evidence map: the product's
+    model when exported with explanations, else the demo's; None when none has one."""
+    for candidate in DEFAULT_EXPORTS:
+        model = load_explaining(REPO / candidate)
+        if model is not None:
+            return REPO / candidate, model
     return None
 
 
@@ -156,8 +169,8 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--export", type=Path, help="bundle whose model.pt has explain (default artifacts/real/export-explain, "
-                        "artifacts/real/export, else artifacts/export)")
+    parser.add_argument("--export", type=Path, help="bundle whose model.pt has explain (default: the first of "
+                        f"{', '.join(DEFAULT_EXPORTS)} that has it)")
     parser.add_argument("--photos", type=Path, help="folder of clean photos to mark (default the demo's test negatives)")
     parser.add_argument("--count", type=int, default=200, help="marks to render and score (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="renderer seed (the fixed-point baseline uses seed + 1)")
@@ -168,14 +181,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or not 0 <= args.tolerance < 0.5:
         parser.error(f"--count {args.count} / --tolerance {args.tolerance}: allowed are count >= 1 and 0 <= tolerance < 0.5")
-    export = args.export or default_export()
-    if export is None or not (export / "model.pt").is_file():
-        parser.error(f"--export {export}: no model.pt; train first (make demo) or pass --export DIR")
     torch.set_num_threads(args.threads)
-    model = torch.jit.load(str(export / "model.pt"), map_location="cpu").eval()
-    if not hasattr(model, "explain"):
-        parser.error(f"{export / 'model.pt'} has no explain method (exported before explanations); "
-                     f"re-export it: python -m train export --checkpoint CKPT --out DIR")
+    if args.export is None:
+        found = default_export()
+        if found is None:
+            parser.error(f"no bundle with an evidence map in {', '.join(DEFAULT_EXPORTS)}; train first (make demo) "
+                         "or pass --export DIR")
+        export, model = found
+    else:
+        export = args.export
+        if not (export / "model.pt").is_file():
+            parser.error(f"--export {export}: no model.pt; train first (make demo) or pass --export DIR")
+        model = load_explaining(export)
+        if model is None:
+            parser.error(f"{export / 'model.pt'} has no explain method (exported before explanations); "
+                         f"re-export it: python -m train export --checkpoint CKPT --out DIR")
     spec = PreprocessSpec.load(export / "preprocess.json")
     threshold = float(json.loads((export / "threshold.json").read_text(encoding="utf-8"))["threshold"])
     photos = clean_photos(args.photos)
