@@ -483,10 +483,19 @@ class WatermarkHandler(BaseHandler):
         if self.model_format == "pt2":
             return None, f"{name}: explanations are not served from a .pt2 package; serve the bundle's model.pt or model.onnx"
         explain = getattr(self.model, "explain", None)
-        if explain is not None:
-            return explain, ""
-        what = "no explain method" if self.model_format == "torchscript" else f"no '{EVIDENCE_OUTPUT}' output"
-        return None, NO_EXPLANATION.format(why=f"{name} has {what}")
+        if explain is None:
+            what = "no explain method" if self.model_format == "torchscript" else f"no '{EVIDENCE_OUTPUT}' output"
+            return None, NO_EXPLANATION.format(why=f"{name} has {what}")
+        size = self.spec.image_size
+        try:  # at load time, so a broken map never fails a batch of verdicts
+            with torch.inference_mode():
+                logits, evidence = explain(torch.zeros(2, 3, size, size, device=self.device))
+            if logits.numel() != 2 or evidence.dim() != 3 or evidence.shape[0] != 2:
+                raise RuntimeError(f"returned logits {tuple(logits.shape)} and evidence {tuple(evidence.shape)}")
+        except Exception as exc:
+            logger.warning("%s: evidence map unusable, explanations off: %s", name, exc)
+            return None, f"{name}: its evidence map failed a check at load ({type(exc).__name__}); explanations are off"
+        return explain, ""
 
     def _check_model_contract(self) -> None:
         """Fail at load time (not on the first request) if the model does not map [N,3,S,S] -> [N,1]."""

@@ -454,3 +454,23 @@ def test_metrics_failure_never_fails_the_batch(export_dir):
     context.metrics.add_counter = broken
     out = run(handler, context, [{"body": sf.jpeg_bytes()}, {"body": b""}])
     assert set(out[0]) == RESULT_KEYS and out[1]["status"] == 400
+
+
+def test_a_broken_evidence_map_turns_explanations_off_at_load(export_dir, tmp_path):
+    """An explain that does not give [N, h, w] is found at load; verdicts still come, with the reason."""
+
+    class BrokenMap(sf.TinyNet):
+        def explain(self, x):
+            return self.forward(x), x.mean()  # a scalar, not a map
+
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    example = (torch.zeros(2, 3, sf.IMAGE_SIZE, sf.IMAGE_SIZE),)
+    torch.jit.trace_module(BrokenMap().eval(), {"forward": example, "explain": example}).save(str(broken / "model.pt"))
+    handler, context = make_handler(broken)
+    assert handler.explainer is None
+    context.new_batch(1)
+    context.request_headers[0]["explain"] = "True"
+    out = handler.handle([{"body": sf.jpeg_bytes()}], context)
+    assert isinstance(out[0]["watermark"], bool) and out[0]["explanation"] is None
+    assert "failed a check at load" in out[0]["explanation_error"]
