@@ -29,24 +29,21 @@ DIGITS = 3
 KIND = "class-activation"
 
 
-def upsample(evidence: torch.Tensor, size: int) -> torch.Tensor:
-    """The ``[h, w]`` map bilinearly resized to the model input's ``size`` x ``size``."""
-    return F.interpolate(evidence.float()[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-
-
-def peak_point(
-    evidence: torch.Tensor, size: int, content: tuple[int, int, int, int], width: int, height: int
-) -> tuple[float, float]:
-    """The map's strongest point inside the photo's part of the input, in photo pixels."""
+def photo_region(evidence: torch.Tensor, size: int, content: tuple[int, int, int, int]) -> torch.Tensor:
+    """The ``[h, w]`` map bilinearly resized to the model input's ``size`` x ``size``, cut to
+    the photo's part of the input (``content``: left, top, right, bottom)."""
     left, top, right, bottom = content
-    region = upsample(evidence, size)[top:bottom, left:right]
+    full = F.interpolate(evidence.float()[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return full[top:bottom, left:right]
+
+
+def peak_point(region: torch.Tensor, width: int, height: int) -> tuple[float, float]:
+    """The strongest point of :func:`photo_region`'s map, in photo pixels."""
     y, x = divmod(int(region.argmax()), region.shape[1])
     return (x + 0.5) * width / region.shape[1], (y + 0.5) * height / region.shape[0]
 
 
-def _grid(evidence: torch.Tensor, size: int, content: tuple[int, int, int, int], cells: int) -> torch.Tensor:
-    left, top, right, bottom = content
-    region = upsample(evidence, size)[top:bottom, left:right]
+def _grid(region: torch.Tensor, cells: int) -> torch.Tensor:
     pooled = F.adaptive_avg_pool2d(region[None, None], (cells, cells))[0, 0].clamp(min=0)
     top_value = float(pooled.max())
     return pooled / top_value if top_value > 0 else pooled
@@ -80,8 +77,9 @@ def summarize(
         width, height: the photo's size as shown.
         cells: rows and columns of the returned grid.
     """
-    grid = _grid(evidence, size, content, cells)
-    px, py = peak_point(evidence, size, content, width, height)
+    region = photo_region(evidence, size, content)
+    grid = _grid(region, cells)
+    px, py = peak_point(region, width, height)
     start = (min(int(py * cells / height), cells - 1), min(int(px * cells / width), cells - 1))
     if float(grid[start]) <= 0:  # all evidence negative, or the peak's cell averaged away
         start = divmod(int(grid.argmax()), cells)

@@ -29,7 +29,7 @@ from review.app import create_app
 from review.config import ReviewConfig
 from review.store import ReviewStore, sha256_hex
 from tests import serving_fixtures as sf
-from tests.ts_server import REPO, TIMEOUT, Server, create_mar, needs_server, serve
+from tests.ts_server import REPO, TIMEOUT, needs_server, serve_tiny_export
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +44,7 @@ WAIT = 60
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def torchserve(tmp_path_factory):
-    root = tmp_path_factory.mktemp("review-torchserve")
-    import train.model  # noqa: F401  (imported before tracing: torchvision's first import fails inside a trace)
-
-    export_dir = sf.build_tiny_export(root / "export")
-
-    def build_store(srv: Server) -> None:
-        srv.export_dir = export_dir
-        built = create_mar("--export-dir", str(export_dir), "--model-store", str(srv.store))
-        assert built.returncode == 0, built.stderr
-
-    yield from serve(root, build_store)
+    yield from serve_tiny_export(tmp_path_factory.mktemp("review-torchserve"))
 
 
 class LiveApp:

@@ -30,6 +30,7 @@ from tests.ts_server import (  # noqa: F401  (re-exported for other test modules
     put_image,
     repo_config,
     serve,
+    serve_tiny_export,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,15 +42,7 @@ PROB_TOL = 2e-6
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("torchserve")
-    export_dir = sf.build_tiny_export(root / "export")
-
-    def build_store(srv: Server) -> None:
-        srv.export_dir = export_dir
-        built = create_mar("--export-dir", str(export_dir), "--model-store", str(srv.store))
-        assert built.returncode == 0, built.stderr
-
-    yield from serve(root, build_store)
+    yield from serve_tiny_export(tmp_path_factory.mktemp("torchserve"))
 
 
 def assert_same_verdict(result: dict, reference: dict) -> None:

@@ -248,6 +248,19 @@ def serve(root: Path, store_setup, overrides: dict[str, str] | None = None):
     srv.assert_stopped()
 
 
+def serve_tiny_export(root: Path, overrides: dict[str, str] | None = None):
+    """:func:`serve` of an archive built by create_mar.sh from a tiny export in ``root/export``
+    (``srv.export_dir`` names it, for expected probabilities)."""
+    export_dir = sf.build_tiny_export(root / "export")
+
+    def build_store(srv: Server) -> None:
+        srv.export_dir = export_dir
+        built = create_mar("--export-dir", str(export_dir), "--model-store", str(srv.store))
+        assert built.returncode == 0, built.stderr
+
+    yield from serve(root, build_store, overrides)
+
+
 def put_image(srv: Server, data: bytes, **kwargs) -> requests.Response:
     """Like `curl -T photo.jpg -H "Authorization: Bearer $KEY" URL` (raw PUT body)."""
     headers = kwargs.pop("headers") if "headers" in kwargs else srv.auth()
