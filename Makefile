@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: venv demo review train-real tune bench bench-inputs bench-localize bench-quality image image-test image-ci deploy-check test test-fast lint serve stop key clean
+.PHONY: venv demo review train-real tune bench bench-inputs bench-localize bench-quality bench-tune-workers image image-test image-ci deploy-check test test-fast lint serve stop key clean
 
 venv:
 	@scripts/setup_venv.sh
@@ -39,8 +39,12 @@ bench-quality: venv  ## train on the demo split, evaluate on test / held-out sty
 	@scripts/setup_fonts.sh
 	$(PY) scripts/bench_quality.py --out bench/quality
 
-test: venv  ## the whole suite (unit + integration with a real TorchServe; the review page's test in headless Chromium)
-	@scripts/setup_browser.sh
+bench-tune-workers: venv  ## trials per hour with 1 and 2 tune workers on one study: make bench-tune-workers STORAGE=postgresql://USER@HOST/DB
+	@[ -n "$(STORAGE)" ] || { echo "error: set STORAGE=postgresql://USER@HOST:PORT/DB (a database the workers share; see README \"One study on many machines\")" >&2; exit 2; }
+	$(PY) scripts/bench_tune_workers.py --storage "$(STORAGE)" $(if $(TRACKING),--tracking-uri "$(TRACKING)") --out bench/tune_workers.md
+
+test: venv  ## the whole suite (unit + integration with a real TorchServe, PostgreSQL and MLflow server; the review page's test in headless Chromium)
+	@scripts/setup_test_system.sh
 	$(PY) -m pytest -q
 
 test-fast: venv  ## unit tests only

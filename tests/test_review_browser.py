@@ -1,6 +1,6 @@
 """The review page end to end: a real TorchServe serving a tiny archive, the review app on a
 free loopback port, and Debian's Chromium driven headless by Selenium (chromium-driver;
-scripts/setup_browser.sh installs both). Nothing leaves 127.0.0.1.
+scripts/setup_test_system.sh installs both). Nothing leaves 127.0.0.1.
 
 Screenshots go to the test's tmp dir and, when $REVIEW_SCREENSHOTS_DIR is set, there too
 (`REVIEW_SCREENSHOTS_DIR=docs` made docs/review-page.png and docs/review-heatmap.png).
@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 HAVE_BROWSER = CHROMIUM.exists() and CHROMEDRIVER.exists()
-needs_browser = pytest.mark.skipif(not HAVE_BROWSER, reason="run scripts/setup_browser.sh (chromium, chromium-driver)")
+needs_browser = pytest.mark.skipif(not HAVE_BROWSER, reason="run scripts/setup_test_system.sh (chromium, chromium-driver, postgresql)")
 REVIEWER = "Test Moderator"
 WAIT = 60
 
@@ -82,7 +82,7 @@ def review_app(torchserve, tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not HAVE_BROWSER:
-        pytest.skip("run scripts/setup_browser.sh (chromium, chromium-driver)")
+        pytest.skip("run scripts/setup_test_system.sh (chromium, chromium-driver, postgresql)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from train.io import default_tracking_uri, sqlite_path
+from train.io import default_tracking_uri, redact_url, sqlite_path
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait for a tracking server that does not answer.
+CONNECT_TIMEOUT = 10
 
 
 def ensure_experiment(tracking_uri: str | None, output: Path, name: str) -> str:
@@ -15,11 +22,45 @@ def ensure_experiment(tracking_uri: str | None, output: Path, name: str) -> str:
     ``OUTPUT/mlflow/artifacts``."""
     import mlflow
 
+    from mlflow.exceptions import MlflowException
+
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None if tracking_uri else (Path(output) / "mlflow" / "artifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        # Another worker of a shared tracking server created it a moment ago.
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            raise
+        log.debug("experiment %s appeared meanwhile (%s)", name, exc.error_code)
+        return found.experiment_id
+
+
+def check_tracking(uri: str) -> None:
+    """Fail before any epoch or trial when the MLflow store cannot be reached (one quick
+    request to a tracking server, without MLflow's minutes of retries)."""
+    from mlflow import MlflowClient
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CONNECT_TIMEOUT)}
+    saved = {k: os.environ.get(k) for k in quick}
+    try:
+        for key, value in quick.items():
+            os.environ.setdefault(key, value)
+        if (db := sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any store error is reported the same way
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ValueError(f"--tracking-uri {redact_url(uri)}: cannot reach the MLflow store ({reason})") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class Tracker:

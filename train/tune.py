@@ -7,7 +7,14 @@
   PostgreSQL, lets several machines share one study). Rerunning the same command
   resumes it: finished trials are kept, and a trial whose process died is marked
   failed once its heartbeat goes stale and is run again once.
-* MLflow: one parent run per study; every trial is a nested run under it.
+* Workers: the same ``tune`` command run on N machines against one database splits the
+  trials between them. A worker starts a trial only while the study has fewer than
+  ``n_trials`` trials finished or running, so the study ends at ``n_trials`` (a trial is
+  claimed by one worker; two workers asking at the same instant may run one extra).
+  A worker with nothing left to start waits for the others' trials: one whose worker died
+  goes stale, is failed and is retried once, by whichever worker is still there.
+* MLflow: one parent run per study, made by the worker that creates the study; every
+  trial of every worker is a nested run under it.
 * Trials share one feature cache, so the frozen lower blocks run once per image.
 * After every trial ``best_config.json`` (options ``train --config`` accepts) and
   ``trials.csv`` are rewritten atomically.
@@ -20,6 +27,8 @@ import io
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
@@ -27,11 +36,25 @@ from pathlib import Path
 from typing import Any
 
 from train.config import TrainConfig
-from train.io import SQLITE_PREFIX, default_tracking_uri, read_json_option, sqlite_path, write_json_atomic, write_text_atomic
-from train.tracking import ensure_experiment
+from train.io import SQLITE_PREFIX, default_tracking_uri, read_json_option, redact_url, sqlite_path, write_json_atomic, write_text_atomic
+from train.tracking import check_tracking, ensure_experiment
 from train.training import TrainingStopped, run_training
 
 log = logging.getLogger(__name__)
+
+# Seconds to wait for a database that does not answer.
+CONNECT_TIMEOUT = 10
+# How long a worker joining a study waits for the creating worker's parent MLflow run.
+PARENT_WAIT_SECONDS = 60
+
+
+class StorageLost(RuntimeError):
+    """The study's database went away during the study; finished trials are kept in it."""
+
+
+def worker_id() -> str:
+    """``host:pid``: which worker ran a trial (a user attribute and an MLflow tag)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 # Options a trial may not change: where things go and how the run is driven.
 NOT_TUNABLE = frozenset({
@@ -227,6 +250,7 @@ class TuneResult:
     counts: dict[str, int]
     parent_run_id: str
     seconds: float
+    trials_run_here: int = 0
 
 
 def tune_paths(base: TrainConfig, settings: TuneSettings) -> dict[str, Path]:
@@ -249,45 +273,23 @@ def open_storage(url: str, heartbeat_seconds: int):
     # Heartbeats and the retry callback are marked experimental; they are what makes
     # an interrupted trial recoverable, so the warning is expected.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "mysql")):
+        # A server that does not answer is an error in seconds, not a TCP timeout in minutes.
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     try:
         if (db := sqlite_path(url)) is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         return RDBStorage(
             url,
-            engine_kwargs={"pool_pre_ping": True},
+            engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_seconds,
             grace_period=2 * heartbeat_seconds,
             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
     except (optuna.exceptions.StorageInternalError, ImportError, ValueError, Exception) as exc:  # noqa: BLE001 - any driver error
         reason = str(exc).splitlines()[0][:300]
-        raise ValueError(f"--storage {url}: cannot open the study storage ({type(exc).__name__}: {reason})") from None
-
-
-def check_tracking(uri: str) -> None:
-    """Fail before any trial when the MLflow store cannot be reached (one quick request
-    to a tracking server, without MLflow's minutes of retries)."""
-    import os
-
-    from mlflow import MlflowClient
-
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-    saved = {k: os.environ.get(k) for k in quick}
-    try:
-        for key, value in quick.items():
-            os.environ.setdefault(key, value)
-        if (db := sqlite_path(uri)) is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - any store error is reported the same way
-        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise ValueError(f"--tracking-uri {uri}: cannot reach the MLflow store ({reason})") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        raise ValueError(f"--storage {redact_url(url)}: cannot open the study storage ({type(exc).__name__}: {reason})") from None
 
 
 def close_orphan_runs(study: Any, parent_id: str, experiment_id: str) -> int:
@@ -336,6 +338,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
             "number": t.number, "state": t.state.name, "value": t.value, "epochs": len(t.intermediate_values),
             "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
             "val_f1": t.user_attrs.get("val_f1"), "baseline": bool(t.user_attrs.get("baseline")), "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            "worker": t.user_attrs.get("worker"), "retry_of": t.system_attrs.get("failed_trial"),
             **{f"param_{k}": v for k, v in sorted(t.params.items())},
         })  # fmt: skip
     return rows
@@ -377,13 +380,14 @@ def trial_summary(trial: Any, total: int) -> str:
 
 
 def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
-    """Run (or resume) the study until ``n_trials`` trials have finished (complete or pruned).
+    """Run (or resume, or join) the study until ``n_trials`` trials have finished (complete
+    or pruned), counting every worker's trials.
 
     Phases: check the options and reach the stores, open (or resume) the study, find (or
-    start) the parent MLflow run, optimise, then write the best options and the counts.
+    start) the parent MLflow run, run trials, then write the best options and the counts.
+    A database that goes away on the way raises :class:`StorageLost`; what finished is kept.
     """
     import mlflow
-    import optuna
 
     base.validate()
     settings.validate()
@@ -396,57 +400,130 @@ def tune(base: TrainConfig, settings: TuneSettings) -> TuneResult:
     paths["trials"].mkdir(parents=True, exist_ok=True)
     cache_dir = Path(base.cache_dir) if base.cache_dir else Path(base.output) / "cache"
 
-    study, remaining = open_study(base, settings, space, storage, storage_url)
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment_id = ensure_experiment(base.tracking_uri, Path(base.output), base.experiment)
-    parent_id = existing_parent_run(study)
-    started = time.time()
-    parent_name = None if parent_id else f"tune-{settings.study_name}"
-    with mlflow.start_run(run_id=parent_id, experiment_id=None if parent_id else experiment_id, run_name=parent_name) as parent:
-        parent_id = parent.info.run_id
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
-        mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": storage_url, "kind": "tuning"})
-        if not mlflow.get_run(parent_id).data.params:
-            mlflow.log_params({"n_trials": settings.n_trials, "space": json.dumps(space_to_json(space))[:500], **{f"base_{k}": str(v)[:250] for k, v in asdict(base).items()}})
-        if remaining > 0:
+    try:
+        study, created = open_study(base, settings, space, storage, storage_url)
+        mlflow.set_tracking_uri(tracking_uri)
+        experiment_id = ensure_experiment(base.tracking_uri, Path(base.output), base.experiment)
+        parent_id = wait_for_parent_run(study, wait=not created)
+        started = time.time()
+        new_parent = parent_id is None
+        with mlflow.start_run(run_id=parent_id, experiment_id=experiment_id if new_parent else None,
+                              run_name=f"tune-{settings.study_name}" if new_parent else None) as parent:  # fmt: skip
+            parent_id = parent.info.run_id
+            if new_parent:
+                study.set_user_attr("mlflow_parent_run_id", parent_id)
+                mlflow.set_tags({"optuna.study": settings.study_name, "optuna.storage": redact_url(storage_url), "kind": "tuning"})
+                mlflow.log_params({"n_trials": settings.n_trials, "space": json.dumps(space_to_json(space))[:500], **{f"base_{k}": str(v)[:250] for k, v in asdict(base).items()}})
             objective = make_objective(base, settings, space, paths, cache_dir, tracking_uri, parent_id)
             after_trial = make_after_trial(base, settings, paths)
-            study.optimize(objective, n_trials=remaining, timeout=settings.timeout, callbacks=[after_trial], gc_after_trial=True)
-        best, counts = finish_study(study, base, paths, parent_id, experiment_id)
+            ran = run_trials(study, objective, after_trial, settings)
+            best, counts = finish_study(study, base, paths, parent_id, experiment_id)
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        raise StorageLost(
+            f"--storage {redact_url(storage_url)}: the study database went away ({storage_error_reason(exc)}). "
+            f"Trials that finished are kept in it, and {paths['csv']} lists them as of the last finished trial; "
+            "the trial in progress will be failed and retried once: rerun the same command when the database is back"
+        ) from None
     return TuneResult(
-        study_name=settings.study_name, storage=storage_url, best_value=best.value if best else None,
+        study_name=settings.study_name, storage=redact_url(storage_url), best_value=best.value if best else None,
         best_params=dict(best.params) if best else {}, best_trial=best.number if best else None,
         best_config_path=str(paths["best"]) if best else None, counts=counts, parent_run_id=parent_id,
-        seconds=time.time() - started,
+        seconds=time.time() - started, trials_run_here=ran,
     )
 
 
-def open_study(base: TrainConfig, settings: TuneSettings, space: list[Any], storage: Any, storage_url: str) -> tuple[Any, int]:
-    """Create or resume the study (with the baseline trial queued first); and how many
-    trials are still to run."""
+def _storage_error_types() -> tuple[type[BaseException], ...]:
+    import optuna
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+
+
+def _exception_chain(exc: BaseException):
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is the database failing, not the code."""
+    kinds = _storage_error_types()
+    return any(isinstance(e, kinds) for e in _exception_chain(exc))
+
+
+def storage_error_reason(exc: BaseException) -> str:
+    kinds = _storage_error_types()
+    first = next(e for e in _exception_chain(exc) if isinstance(e, kinds))
+    orig = getattr(first, "orig", None) or first
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0][:200]}" if text else type(orig).__name__
+
+
+def trial_counts(study: Any) -> dict[str, int]:
+    counts = {state: 0 for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def run_trials(study: Any, objective: Callable[[Any], float], after_trial: Callable[[Any, Any], None], settings: TuneSettings) -> int:
+    """This worker's share: start one trial at a time while the study (all workers) has
+    fewer than ``n_trials`` trials finished or running; when every remaining slot is held by
+    another worker's trial, wait for it to finish or go stale (then run its retry). Returns
+    how many trials this worker ran."""
+    from optuna.storages import fail_stale_trials
+
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    poll = min(float(settings.heartbeat_seconds), 5.0)
+    ran = 0
+    waiting_logged = False
+    while deadline is None or time.monotonic() < deadline:
+        fail_stale_trials(study)  # trials of dead workers: failed, and queued again once
+        counts = trial_counts(study)
+        finished = counts["COMPLETE"] + counts["PRUNED"]
+        if finished >= settings.n_trials:
+            break
+        if finished + counts["RUNNING"] < settings.n_trials:
+            study.optimize(objective, n_trials=1, callbacks=[after_trial], gc_after_trial=True)
+            ran += 1
+            waiting_logged = False
+            continue
+        if not waiting_logged:
+            log.info("%d trial(s) finished, %d running elsewhere: waiting for them (a dead worker's trial is retried here)", finished, counts["RUNNING"])
+            waiting_logged = True
+        time.sleep(poll)
+    return ran
+
+
+def open_study(base: TrainConfig, settings: TuneSettings, space: tuple[Dimension, ...], storage: Any, storage_url: str) -> tuple[Any, bool]:
+    """Create the study (queueing the baseline trial first), or load it to resume or join it;
+    and whether this worker created it."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        existing = optuna.load_study(study_name=settings.study_name, storage=storage)
-    except KeyError:
-        existing = None
-    done_before = _finished(existing) if existing is not None else 0
-    n_before = len(existing.trials) if existing is not None else 0
     # Epochs are steps 1..E; by default the first chance to prune is after the first
     # epoch that trains backbone blocks (head-only scores say little about a trial).
     warmup = base.head_epochs + 1 if settings.prune_from_epoch is None else settings.prune_from_epoch
-    study = optuna.create_study(
-        study_name=settings.study_name,
-        storage=storage,
-        direction="maximize",
-        load_if_exists=True,
-        # Reseeded with the number of trials so far: a resumed study does not redraw
-        # the random start-up points it has already tried.
-        sampler=optuna.samplers.TPESampler(seed=base.seed + n_before, n_startup_trials=settings.sampler_startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=warmup),
-    )
-    if n_before == 0 and settings.baseline:
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.pruner_startup_trials, n_warmup_steps=warmup)
+    common = dict(study_name=settings.study_name, storage=storage, pruner=pruner)
+
+    def sampler(seed: int) -> Any:
+        return optuna.samplers.TPESampler(seed=seed % 2**32, n_startup_trials=settings.sampler_startup_trials)
+
+    try:
+        study = optuna.create_study(**common, direction="maximize", sampler=sampler(base.seed))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        # Resuming or joining: reseeded with the trials so far and this process, so neither a
+        # resumed study nor a second worker redraws the random start-up points already tried.
+        n_before = len(optuna.load_study(**common).get_trials(deepcopy=False))
+        study = optuna.load_study(**common, sampler=sampler(base.seed + n_before + 7919 * os.getpid()))
+        created = False
+    if created and settings.baseline:
         baseline = baseline_params(space, base, _auto_pos_weight(base))
         if baseline is None:
             log.info("the base options lie outside the search space; no baseline trial")
@@ -458,12 +535,14 @@ def open_study(base: TrainConfig, settings: TuneSettings, space: list[Any], stor
         log.warning("study %s was started with another search space; TPE now samples the new one", settings.study_name)
     study.set_user_attr("search_space", space_to_json(space))
     study.set_user_attr("select_metric", base.select_metric)
-    remaining = settings.n_trials - done_before
+    counts = trial_counts(study)
+    finished = counts["COMPLETE"] + counts["PRUNED"]
     log.info(
-        "study %s in %s: %d finished trial(s) so far, %d to run; space: %s",
-        settings.study_name, storage_url, done_before, max(0, remaining), "; ".join(d.describe() for d in space),
+        "study %s in %s (%s, worker %s): %d finished trial(s) so far, %d running, %d to go; space: %s",
+        settings.study_name, redact_url(storage_url), "created" if created else "joined", worker_id(), finished,
+        counts["RUNNING"], max(0, settings.n_trials - finished), "; ".join(d.describe() for d in space),
     )
-    return study, remaining
+    return study, created
 
 
 def existing_parent_run(study: Any) -> str | None:
@@ -479,6 +558,17 @@ def existing_parent_run(study: Any) -> str | None:
     return parent_id
 
 
+def wait_for_parent_run(study: Any, *, wait: bool) -> str | None:
+    """The parent run to nest trials under. A worker that joins a study another worker has
+    just created waits (up to a minute) for that worker's parent run; None: start one."""
+    deadline = time.monotonic() + (PARENT_WAIT_SECONDS if wait else 0)
+    while True:
+        parent_id = existing_parent_run(study)
+        if parent_id is not None or time.monotonic() >= deadline:
+            return parent_id
+        time.sleep(0.5)
+
+
 def make_objective(
     base: TrainConfig, settings: TuneSettings, space: list[Any], paths: dict[str, Path], cache_dir: Path,
     tracking_uri: str, parent_id: str,
@@ -488,13 +578,14 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         params = {d.name: d.suggest(trial) for d in space}
+        trial.set_user_attr("worker", worker_id())
         config = trial_config(base, params, trial.number, paths["trials"], cache_dir, tracking_uri)
 
         def report(epoch: int, score: float, row: dict[str, float]) -> bool:
             trial.report(score, step=epoch)
             return epoch < config.epochs and trial.should_prune()
 
-        tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number)}
+        tags = {"optuna.study": settings.study_name, "optuna.trial": str(trial.number), "optuna.worker": worker_id()}
         try:
             result = run_training(config, parent_run_id=parent_id, run_tags=tags, on_epoch=report, label=f"trial {trial.number + 1}/{settings.n_trials}")
         except TrainingStopped as stop:
