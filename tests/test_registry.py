@@ -1,5 +1,7 @@
-"""MLflow model registry: real training runs register versions, aliases move, the archive
-is built from ``models:/watermark@champion`` and a real TorchServe serves it."""
+"""MLflow model registry: real training runs register versions (MLflow pyfunc models of the
+export), aliases move, the archive is built from ``models:/watermark@champion`` and a real
+TorchServe serves it. tests/test_mlflow_model.py covers old bare-bundle versions and
+``mlflow models serve``."""
 
 from __future__ import annotations
 
@@ -38,9 +40,32 @@ def test_first_version_is_champion_then_challenger(store) -> None:
     assert (first.registered_version, second.registered_version) == ("1", "2")
     versions = {v.version: v for v in registry.list_versions(store["uri"], "watermark")}
     assert versions["1"].aliases == ["champion"] and versions["2"].aliases == ["challenger"]
-    assert versions["1"].run_id == first.run_id and versions["1"].source == f"runs:/{first.run_id}/export"
+    assert versions["1"].run_id == first.run_id and versions["1"].kind == "pyfunc"
+    assert versions["1"].source == f"models:/{versions['1'].model_id}" and versions["1"].model_id.startswith("m-")
     assert float(versions["2"].tags["threshold"]) == pytest.approx(second.threshold["threshold"])
     assert versions["2"].tags["image_size"] == "75"
+
+
+def test_training_registers_an_mlflow_model_that_answers_like_its_bundle(store, tmp_path: Path) -> None:
+    import mlflow
+    import pandas as pd
+
+    first = store["runs"][0]
+    mlflow.set_tracking_uri(store["uri"])
+    mlflow.set_registry_uri(store["uri"])
+    info = mlflow.models.get_model_info("models:/watermark/1")
+    assert info.run_id == first.run_id and info.signature is not None and info.saved_input_example_info is not None
+    assert info.metadata["threshold"]["threshold"] == pytest.approx(first.threshold["threshold"])
+    assert info.metadata["preprocess"]["image_size"] == 75
+    bundle = tmp_path / "bundle"
+    registry.fetch(store["uri"], "models:/watermark/1", bundle)
+    images = [sf.jpeg_bytes(seed=3), sf.png_bytes(seed=4), b"not an image"]
+    out = mlflow.pyfunc.load_model("models:/watermark/1").predict(pd.DataFrame({"image": images}))
+    for row, image in enumerate(images[:2]):
+        expected = sf.expected_probability(bundle, image)
+        assert out["probability"][row] == pytest.approx(expected, abs=1e-5)
+        assert out["watermark"][row] is (expected >= first.threshold["threshold"])
+    assert out["status"].tolist() == [200, 200, 400] and out["error"][2].startswith("row 2: not a decodable image")
 
 
 def test_promote_moves_champion_and_keeps_previous(store, tmp_path: Path) -> None:

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SERVING_CODE = [*sorted((REPO / "handler").glob("*.py")), REPO / "scripts" / "keykeeper.py", REPO / "scripts" / "manage_models.py"]
+# The MLflow pyfunc of a registered version runs where MLflow serves it, not in TorchServe:
+# it may also import what the pinned mlflow installs (pandas), and never mlflow or train/.
+MLFLOW_PYFUNC = REPO / "handler" / "mlflow_pyfunc.py"
+SERVING_CODE = [
+    *sorted(p for p in (REPO / "handler").glob("*.py") if p != MLFLOW_PYFUNC),
+    REPO / "scripts" / "keykeeper.py", REPO / "scripts" / "manage_models.py",
+]
 LOCAL_MODULES = {"handler", "preprocess", "evidence", "manage_models", "watermark_handler"}  # the .mar and scripts/ import these flat
 
 
@@ -44,6 +50,17 @@ def test_serving_code_imports_only_serving_requirements():
         for module in third_party_imports(path):
             dists = {d.lower() for d in providers.get(module, [])}
             assert dists & set(serving), f"{path.relative_to(REPO)} imports {module} ({dists}), not in requirements-serve.txt"
+
+
+def test_mlflow_pyfunc_imports_serving_pins_and_what_mlflow_installs():
+    serving = pins(REPO / "requirements-serve.txt")
+    mlflow_deps = {re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0].lower() for r in metadata.requires("mlflow") or []}
+    providers = metadata.packages_distributions()
+    modules = third_party_imports(MLFLOW_PYFUNC)
+    assert "mlflow" not in modules and "train" not in modules  # loaded by MLflow's loader_module hook alone
+    for module in modules:
+        dists = {d.lower() for d in providers.get(module, [])}
+        assert dists & (set(serving) | mlflow_deps), f"handler/mlflow_pyfunc.py imports {module} ({dists}): neither pinned for serving nor installed by mlflow"
 
 
 def test_pins_match_what_is_installed_and_are_not_repeated():

@@ -213,9 +213,18 @@ def cmd_registry(args: argparse.Namespace) -> int:
         uri = default_tracking_uri(args.output or "artifacts")
     if args.action == "list":
         versions = registry.list_versions(uri, args.name)
-        print(f"{'version':>7}  {'aliases':<22} {'threshold':>9} {'size':>5}  run")
+        print(f"{'version':>7}  {'aliases':<22} {'threshold':>9} {'size':>5}  {'kind':<6}  run")
         for v in versions:
-            print(f"{v.version:>7}  {','.join(v.aliases) or '-':<22} {v.tags.get('threshold', '?')[:9]:>9} {v.tags.get('image_size', '?'):>5}  {v.run_id}")
+            print(
+                f"{v.version:>7}  {','.join(v.aliases) or '-':<22} {v.tags.get('threshold', '?')[:9]:>9} "
+                f"{v.tags.get('image_size', '?'):>5}  {v.kind:<6}  {v.run_id}"
+            )
+        return 0
+    if args.action == "register":
+        if args.run_id is None:
+            raise ValueError("registry register: --run-id RUN is required (a training run that logged export/)")
+        v = registry.register_run_export(uri, args.run_id, name=args.name, description=f"registered again from run {args.run_id}")
+        print(f"{v.name} version {v.version} (an MLflow pyfunc model of run {args.run_id}'s export) is @{', @'.join(v.aliases)}")
         return 0
     if args.action == "promote":
         if args.version is None:
@@ -400,11 +409,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     t("--no-baseline", dest="baseline", action="store_false", help="do not start a new study with the untuned default as trial 1")
     p_tune.set_defaults(func=cmd_tune)
     p_reg = sub.add_parser(
-        "registry", help="model registry: list, show, promote, fetch",
-        description="MLflow model registry of export bundles. Aliases: champion (served), challenger (newest candidate), "
+        "registry", help="model registry: list, show, promote, fetch, register",
+        description="MLflow model registry of export bundles. Versions are MLflow pyfunc models (mlflow models serve "
+        "-m models:/NAME@ALIAS); versions registered before that are bare bundles, which fetch and create_mar.sh "
+        "--from-registry still take. Aliases: champion (served), challenger (newest candidate), "
         "previous (champion before the last promotion).",
     )
-    p_reg.add_argument("action", choices=("list", "show", "promote", "fetch"), help="what to do")
+    p_reg.add_argument(
+        "action", choices=("list", "show", "promote", "fetch", "register"),
+        help="what to do (register: a run's export as a new version, e.g. to make an MLflow model of an old bare-bundle version)",
+    )
+    p_reg.add_argument("--run-id", type=str, help="training run whose export/ to register (register)")
     p_reg.add_argument("--name", type=str, default="watermark", help="registered model name (default watermark)")
     p_reg.add_argument("--version", type=str, help="version number (promote)")
     p_reg.add_argument("--alias", type=str, default="champion", help="alias to promote to / fetch (default champion)")

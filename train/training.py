@@ -436,12 +436,15 @@ def export_best(
     return str(run.paths["export"])
 
 def register_export(config: TrainConfig, tracker: Tracker, best_score: float) -> Any:
-    """Register the run's export in the MLflow model registry (champion first, then challenger)."""
+    """Log the run's export as an MLflow pyfunc model and register it (champion first, then challenger)."""
     from train import registry as registry_lib
 
     registered = registry_lib.register_run_export(
         tracker.uri, tracker.run_id, name=config.registered_model, description=f"val {config.select_metric} {best_score:.4f}"
     )
     tracker.set_tags({"registered_model": f"{registered.name}/{registered.version}"})
-    log.info("registered %s version %s (aliases: %s)", registered.name, registered.version, ", ".join(registered.aliases) or "none")
+    log.info(
+        "registered %s version %s, MLflow model %s (aliases: %s)",
+        registered.name, registered.version, registered.model_id, ", ".join(registered.aliases) or "none",
+    )
     return registered
