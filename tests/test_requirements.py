@@ -29,7 +29,7 @@ def pins(path: Path) -> dict[str, str]:
         elif line:
             name, _, version = line.partition("==")
             assert version, f"{path.name}: {line!r} is not pinned with =="
-            found[name.strip().lower()] = version.strip()
+            found[name.split("[", 1)[0].strip().lower()] = version.strip()  # psycopg[binary] -> psycopg
     return found
 
 

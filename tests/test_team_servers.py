@@ -24,8 +24,10 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import pandas as pd
 import pytest
 
+from tests import serving_fixtures as sf
 from tests.conftest import write_dataset
 from tests.mlflow_server import MlflowServer
 from tests.pg_server import PASSWORD, PostgresServer, postgres_bin
@@ -233,6 +235,8 @@ def test_database_stopped_mid_study_ends_it_cleanly_and_keeps_finished_trials(da
         study = optuna.load_study(study_name="lost", storage=storage)
         assert [t.number for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")][: len(finished)] == [t.number for t in finished]
         assert any(t.system_attrs.get("failed_trial") is not None for t in study.trials)  # the lost trial ran again
+        # Artifacts of a given sqlite:/// store live beside it, not in ./mlruns of the working folder.
+        assert list((tmp_path / "artifacts").rglob("trials.csv")) and not (REPO / "mlruns").exists()
     finally:
         pg.cleanup()
 
@@ -263,6 +267,14 @@ def test_training_registry_and_archive_through_the_tracking_server(servers, data
     assert built.returncode == 0, built.stderr[-2000:]
     assert "registry version 2" in built.stdout and (store / "watermark.mar").is_file()
     assert second.registered_version == "2"
+
+    # The champion is an MLflow model that loads through the server and answers like its bundle.
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/watermark@champion")
+    photo = sf.jpeg_bytes(seed=3)
+    answer = model.predict(pd.DataFrame({"image": [photo]})).iloc[0]
+    assert answer["probability"] == pytest.approx(sf.expected_probability(second.export_dir, photo), abs=1e-5)
+    assert answer["status"] == 200 and answer["error"] is None
 
 
 def test_unreachable_tracking_server_fails_training_before_any_epoch(data: Path, tmp_path: Path, capsys) -> None:

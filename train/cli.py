@@ -159,7 +159,7 @@ TUNE_FIDELITY = {"epochs": 2, "head_epochs": 0, "train_fraction": 0.5}
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from train.tune import TuneSettings, tune
+    from train.tune import StorageLost, TuneSettings, tune
 
     base = config_from_args(args)
     if base.register or base.resume:
@@ -177,6 +177,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     try:
         result = tune(base, settings)
+    except StorageLost as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             f"interrupted: finished trials are kept in the study {settings.study_name!r}; "
@@ -184,7 +187,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         return 130
     counts = ", ".join(f"{v} {k.lower()}" for k, v in result.counts.items() if v)
-    print(f"study {result.study_name}: {counts} in {result.seconds / 60:.1f} min (storage {result.storage})")
+    print(
+        f"study {result.study_name}: {counts} in {result.seconds / 60:.1f} min, {result.trials_run_here} run by this worker "
+        f"(storage {result.storage})"
+    )
     if result.best_trial is None:
         print("no trial finished; nothing to write")
         return 1
@@ -390,15 +396,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         "tune", help="Optuna search; trials are nested MLflow runs; writes best_config.json",
         description="Optuna TPE search with median pruning over training options. Every trial runs the train "
         "command's training (checkpoints in memory, no export) on a shared feature cache and is a nested MLflow run. "
-        "The study is persistent: rerun the same command to resume it. Training flags set the options that are not "
+        "The study is persistent: rerun the same command to resume it. Run the same command on several machines "
+        "with one --storage postgresql://... and a shared --tracking-uri to split the study's trials between them. Training flags set the options that are not "
         "searched. Trials are low-fidelity unless told otherwise: --epochs 2 --head-epochs 0 --train-fraction 0.5; "
         "retrain the best options at full budget.",
     )
     add_train_arguments(p_tune)
     t = p_tune.add_argument
-    t("--n-trials", type=int, default=20, help="finished (complete or pruned) trials the study should have (default 20)")
+    t("--n-trials", type=int, default=20, help="finished (complete or pruned) trials the study should have, all workers together (default 20)")
     t("--study-name", type=str, default="watermark-tune", help="Optuna study name (default watermark-tune)")
-    t("--storage", type=str, help="Optuna RDB storage URL, e.g. postgresql://user@host/db (default sqlite:///TUNE_DIR/optuna.db)")
+    t("--storage", type=str, help="Optuna RDB storage URL (default sqlite:///TUNE_DIR/optuna.db); postgresql://USER@HOST:PORT/DB lets several workers share the study (its password from PGPASSWORD or ~/.pgpass)")
     t("--tune-dir", type=str, help="folder for optuna.db and STUDY/{best_config.json,trials.csv,trials/} (default OUTPUT/tune)")
     t("--space", type=Path, help="JSON search space replacing the default, e.g. {\"lr\": {\"low\": 1e-4, \"high\": 1e-2, \"log\": true}}")
     t("--timeout", type=float, help="stop starting new trials after this many seconds")

@@ -18,8 +18,10 @@ CONNECT_TIMEOUT = 10
 
 def ensure_experiment(tracking_uri: str | None, output: Path, name: str) -> str:
     """The id of MLflow experiment ``name`` in the current store, created when missing.
-    In the embedded store (no ``tracking_uri`` given) artifacts live beside it, under
-    ``OUTPUT/mlflow/artifacts``."""
+    In an SQLite store (the embedded default ``OUTPUT/mlflow/mlflow.db``, or a given
+    ``sqlite:///`` URI) artifacts live beside the database file, under ``artifacts/``
+    (MLflow's own default would be ``./mlruns`` in whatever folder the command ran in); a
+    tracking server keeps them in its own artifact root."""
     import mlflow
 
     from mlflow.exceptions import MlflowException
@@ -27,7 +29,8 @@ def ensure_experiment(tracking_uri: str | None, output: Path, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None if tracking_uri else (Path(output) / "mlflow" / "artifacts").resolve().as_uri()
+    db = sqlite_path(tracking_uri or default_tracking_uri(output))
+    location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except MlflowException as exc:

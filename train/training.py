@@ -38,7 +38,7 @@ from train.steps import (
     build_inputs, evaluate_split, holdout_row, lr_factor, make_items, peak_rss_mb, resolve_pos_weight, seed_everything,
     select_score, stage_block, subsample_groups, train_one_epoch,
 )
-from train.tracking import Tracker
+from train.tracking import Tracker, check_tracking
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def run_training(
         TrainingStopped: when ``on_epoch`` asked to stop.
     """
     config.validate()
+    if config.tracking_uri:
+        check_tracking(config.tracking_uri)  # a clear error now, not after the feature cache is built
     run = Run(config, output_paths(config), time.time(), f"{label} " if label else "")
     for key in ("root", "checkpoints", "reports"):
         run.paths[key].mkdir(parents=True, exist_ok=True)
