@@ -144,17 +144,15 @@ def test_two_workers_split_one_study_on_postgresql(servers, data: Path, tmp_path
     finished = states["COMPLETE"] + states["PRUNED"]
     # A worker claims a trial only while fewer than 8 are finished or running; two asking
     # at the same instant may make one extra.
-    assert 8 <= finished <= 9 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    assert 8 <= finished <= 9 and set(states) <= {"COMPLETE", "PRUNED"}, states  # pruned or not depends on the scores
     by_worker = Counter(t.user_attrs["worker"] for t in trials)
-    assert len(by_worker) == 2 and min(by_worker.values()) >= 2, by_worker  # both workers took a share
+    assert len(by_worker) == 2, by_worker  # both workers took a share
     for worker in workers:
         host_pid = f":{worker.proc.pid}"
         assert any(w.endswith(host_pid) for w in by_worker)
     # No trial was run twice: every trial's options are its own.
     params = [json.dumps(t.params, sort_keys=True) for t in trials]
     assert len(set(params)) == len(params)
-    # The median pruner reads every worker's trials from the database.
-    assert states["PRUNED"] >= 1, states
 
     # One parent run; every trial of both workers is a nested run under it, once.
     parent_id = study.user_attrs["mlflow_parent_run_id"]
@@ -178,13 +176,43 @@ def test_two_workers_split_one_study_on_postgresql(servers, data: Path, tmp_path
     assert all("run by this worker" in w.output for w in workers)
 
 
+def test_a_joining_worker_prunes_against_the_other_workers_trials(servers, data: Path, tmp_path: Path) -> None:
+    """Deterministic: the study and pruner as ``tune`` opens them, two workers' handles on
+    one database; the second worker has no finished trial of its own, so it can only prune
+    by the first worker's."""
+    from train.config import TrainConfig
+    from train.tune import TuneSettings, load_space, open_storage, open_study
+
+    base = TrainConfig(data=str(data), output=str(tmp_path), head_epochs=1, epochs=3)
+    settings = TuneSettings(study_name="pruning", pruner_startup_trials=2, baseline=False, heartbeat_seconds=5)
+    space = load_space(None, base)
+    storage_url = servers["storage"]
+    first, created = open_study(base, settings, space, open_storage(storage_url, 5), storage_url)
+    second, joined = open_study(base, settings, space, open_storage(storage_url, 5), storage_url)
+    assert (created, joined) == (True, False)
+    for _ in range(2):  # the first worker finishes two trials that score 0.9 at every epoch
+        trial = first.ask()
+        for step in (1, 2, 3):
+            trial.report(0.9, step)
+        first.tell(trial, 0.9)
+    weak = second.ask()
+    weak.report(0.2, 1)
+    assert not weak.should_prune()  # epoch 1 trains only the head: too early to prune (warm-up)
+    weak.report(0.2, 2)
+    assert weak.should_prune()
+    strong = second.ask()
+    strong.report(0.95, 2)
+    assert not strong.should_prune()
+
+
 def test_killed_worker_trial_is_failed_and_retried_by_the_other(servers, data: Path, tmp_path: Path) -> None:
     space = space_file(tmp_path)
     storage, tracking = servers["storage"], servers["tracking"].uri
+    # Started together: the survivor cannot finish the study while the victim's trial is
+    # running, since it waits for running trials rather than exiting.
     survivor = start_worker(data, tmp_path / "a", space, 6, storage, tracking, "killed")
-    survivor.wait_for("trial 1/6")  # the study and its parent run exist; the survivor is training
     victim = start_worker(data, tmp_path / "b", space, 6, storage, tracking, "killed")
-    victim.wait_for("epoch 1/3")  # the victim is half-way through its first trial
+    victim.wait_for("epoch 1/3")  # the victim is part-way through its first trial
     victim.kill()
     assert victim.finish() == -signal.SIGKILL
     assert survivor.finish() == 0, survivor.output[-3000:]
