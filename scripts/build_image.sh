@@ -67,8 +67,11 @@ check_disk() {
     # 1.6 GB torch layer is committed; the wheels take 3 GB more when not yet downloaded.
     local free_gb need_gb=$BUILD_GB
     compgen -G "$WHEELS/torch-*.whl" >/dev/null || need_gb=$((BUILD_GB + WHEELS_GB))
-    free_gb=$(df -Pk /var/lib/containers 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}')
-    [[ -n "$free_gb" ]] || free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+    # The image store's disk; on a machine where podman was just installed the store does
+    # not exist yet, so the nearest existing folder above it stands for it.
+    local store=/var/lib/containers
+    while [[ ! -d "$store" ]]; do store=$(dirname "$store"); done
+    free_gb=$(df -Pk "$store" | awk 'NR==2 {print int($4 / 1048576)}')
     [[ "$free_gb" -ge "$need_gb" ]] \
         || die "only ${free_gb} GB free for images; the build needs about ${need_gb} GB (${BUILD_GB} GB for the build, ${WHEELS_GB} GB for wheels not yet in $WHEELS)"
 }
