@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import time
 import zipfile
@@ -32,6 +31,7 @@ import pytest
 import requests
 
 from tests import serving_fixtures as sf
+from tests.processes import group_alive, stop_group
 from tests.ts_server import REPO, TIMEOUT, VENV_BIN, create_mar, put_image, serve
 from train import registry
 from train.cli import main as cli_main
@@ -234,26 +234,9 @@ class MlflowServer:
     def invoke(self, bodies: list[bytes]) -> requests.Response:
         return requests.post(f"{self.url}/invocations", json=_request_body(bodies), timeout=TIMEOUT)
 
-    def _group_alive(self) -> bool:
-        self.proc.poll()  # reap the CLI, or pgrep counts it as a zombie
-        return subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, timeout=10).returncode == 0
-
     def stop(self) -> None:
-        for sig, pause in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + pause
-            while self._group_alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if not self._group_alive():
-                break
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        assert not self._group_alive(), "mlflow models serve left processes behind"
+        stop_group(self.proc)
+        assert not group_alive(self.proc), "mlflow models serve left processes behind"
 
 
 @pytest.fixture(scope="module")

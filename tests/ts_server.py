@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -25,6 +24,7 @@ import pytest
 import requests
 
 from tests import serving_fixtures as sf
+from tests.processes import stop_group
 
 REPO = sf.REPO_ROOT
 VENV_BIN = REPO / ".venv" / "bin"
@@ -210,22 +210,7 @@ class Server:
             pass
         finally:
             # Java and its Python workers share the launcher's process group.
-            for sig, pause in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + pause
-                while time.monotonic() < deadline:
-                    try:
-                        os.killpg(self.proc.pid, 0)
-                    except ProcessLookupError:
-                        break
-                    time.sleep(0.2)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            stop_group(self.proc, term_seconds=5.0, kill_seconds=10.0)
 
     def assert_stopped(self) -> None:
         leftover = subprocess.run(["pgrep", "-g", str(self.proc.pid)], capture_output=True, text=True, timeout=10)
