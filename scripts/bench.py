@@ -211,7 +211,9 @@ def eager_model(bundle: Path) -> torch.nn.Module:
     info_path = bundle / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     config = info.get("config", {})
-    return WatermarkNet(pool=config.get("pool", "avgmax"), dropout=config.get("dropout", 0.5)).eval()
+    return WatermarkNet(
+        pool=config.get("pool", "avgmax"), dropout=config.get("dropout", 0.5), last_block=config.get("last_block", "Mixed_7c")
+    ).eval()
 
 
 def bf16_torchscript(bundle: Path, size: int) -> torch.jit.ScriptModule:

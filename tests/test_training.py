@@ -124,6 +124,30 @@ def test_overlay_marks_ignore_fonts_outside_the_declared_set(
     assert [s.path.read_bytes() for s in after] == [s.path.read_bytes() for s in before]
 
 
+def test_overlay_keeps_declared_pairs_and_a_lossless_history(tmp_path: Path) -> None:
+    """A declared pair's key is kept (dataset positive, original and marks batch together);
+    a PNG original's marks are lossless PNGs, not a JPEG generation the original never had."""
+    from PIL import Image
+
+    from train.data import Sample
+    from train.overlay import add_overlay_pairs
+
+    photo = Image.effect_noise((160, 120), 40).convert("RGB")
+    jpeg, png, marked = tmp_path / "n.jpg", tmp_path / "m.png", tmp_path / "p.jpg"
+    photo.save(jpeg, quality=90)
+    photo.save(png)
+    photo.save(marked, quality=90)
+    samples = [Sample(marked, 1, group="g1", pair="pairs.csv:1"), Sample(jpeg, 0, group="g1", pair="pairs.csv:1"),
+               Sample(png, 0, group="g2")]  # fmt: skip
+    out = add_overlay_pairs(samples, tmp_path / "ov", copies=1, seed=3)
+    made = out[3:]
+    assert out[:3][:2] == samples[:2] and out[2].path == png and out[2].pair
+    assert [s.pair for s in made] == ["pairs.csv:1", out[2].pair]
+    assert [s.path.suffix for s in made] == [".jpg", ".png"]
+    with Image.open(made[1].path) as image:
+        assert image.format == "PNG" and image.size == photo.size
+
+
 def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -145,22 +169,24 @@ def test_overlay_negatives_pairs_training_styles_with_same_jpeg_history(
     monkeypatch.setattr(synth, "render_watermark", spy)
     result = add_overlay_pairs(splits.train, tmp_path / "ov", copies=2, seed=0)
     negatives = [s for s in splits.train if s.label == 0]
-    made = [s for s in result if s.label == 1 and (s.pair or "").startswith("overlay:")]
-    twins = [s for s in result if s.label == 0 and (s.pair or "").startswith("overlay:")]
-    assert len(made) == 2 * len(negatives) and len(twins) == len(negatives)
-    assert not any(s in result for s in negatives)  # originals replaced by their twins
+    made = [s for s in result if s.label == 1 and s not in splits.train]
+    kept = [s for s in result if s.label == 0]
+    assert len(made) == 2 * len(negatives) and [s.path for s in kept] == [s.path for s in negatives]  # originals stay
     assert all(c["split"] == "train" and c["jpeg_prob"] == 0 for c in calls) and calls
-    for twin in twins:
-        partners = [s for s in made if s.pair == twin.pair]
-        assert len(partners) == 2 and {s.group for s in partners} == {twin.group}
-        with Image.open(twin.path) as a, Image.open(partners[0].path) as b:
-            assert a.quantization == b.quantization  # same JPEG history: re-encoding is no shortcut
+    for clean in kept:
+        partners = [s for s in made if s.pair == clean.pair]
+        assert clean.pair and len(partners) == 2 and {s.group for s in partners} == {clean.group}
+        with Image.open(clean.path) as a, Image.open(partners[0].path) as b:
+            # the original's own JPEG tables and subsampling: re-encoding is no shortcut
+            assert b.format == "JPEG" and a.quantization == b.quantization
+            assert b.layer == a.layer  # type: ignore[attr-defined]  # same chroma subsampling
             diff = np.abs(np.asarray(a.convert("L"), dtype=int) - np.asarray(b.convert("L"), dtype=int))
         assert (diff > 24).mean() < 0.5  # the mark changes part of the photo, not all of it
+        assert np.median(diff) <= 1  # and the rest only by rounding
     again = add_overlay_pairs(splits.train, tmp_path / "ov", copies=2, seed=0)
     assert [s.path for s in again] == [s.path for s in result]  # reused, deterministic
     half = add_overlay_pairs(splits.train, tmp_path / "ov2", copies=0.5, seed=0)
-    assert 0 < sum(s.label == 1 and (s.pair or "").startswith("overlay:") for s in half) < len(negatives)
+    assert 0 < sum(s.label == 1 and s not in splits.train for s in half) < len(negatives)
     with pytest.raises(ValueError, match="overlay-negatives -1"):
         add_overlay_pairs(splits.train, tmp_path / "ov", copies=-1, seed=0)
 
@@ -196,6 +222,19 @@ def test_runtime_options_are_checked_at_the_edge(tiny_dataset: Path, tmp_path: P
         tiny_config(tiny_dataset, tmp_path, cache_dtype="int8").validate()
     with pytest.raises(ValueError, match="--holdout-curve .* needs --holdout-fraction > 0"):
         tiny_config(tiny_dataset, tmp_path, holdout_curve=True).validate()
+    with pytest.raises(ValueError, match="--last-block 'Mixed_5b': allowed are Mixed_6e, Mixed_7a, Mixed_7b, Mixed_7c"):
+        tiny_config(tiny_dataset, tmp_path, last_block="Mixed_5b").validate()
+
+
+def test_a_head_on_mixed_6e_trains_and_exports_without_the_mixed_7_blocks(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run_training(tiny_config(tiny_dataset, out, last_block="Mixed_6e", epochs=1))
+    model, spec, _ = load_export(out / "export")
+    info = json.loads((out / "export" / "model_info.json").read_text())
+    assert info["config"]["last_block"] == "Mixed_6e"
+    names = [name for name, _ in model.named_parameters()]
+    assert names and not [n for n in names if "Mixed_7" in n]
+    assert model(torch.zeros(1, 3, spec.image_size, spec.image_size)).shape == (1, 1)
 
 
 def test_bf16_cosine_run_trains_and_exports_an_fp32_model(tiny_dataset: Path, tmp_path: Path) -> None:

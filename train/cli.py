@@ -26,7 +26,7 @@ from pathlib import Path
 
 from train.io import default_tracking_uri
 from train.metrics import THRESHOLD_RULES
-from train.model import BLOCKS, HEAD, POOLS
+from train.model import BLOCKS, HEAD, LAST_BLOCKS, POOLS
 
 log = logging.getLogger("train")
 
@@ -61,6 +61,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--image-size", type=int, help=f"input side in pixels, part of the preprocessing spec (default {d['image_size']})")
     a("--resize", choices=("squash", "letterbox"), help=f"resize policy (default {d['resize']})")
     a("--pool", choices=POOLS, help=f"global pooling of the last feature map (default {d['pool']})")
+    a("--last-block", choices=tuple(LAST_BLOCKS),
+      help=f"block the head sits on; Mixed_6e keeps the finer 17x17 stage and drops the Mixed_7 blocks (default {d['last_block']})")
     a("--dropout", type=float, help=f"dropout before the fc layer (default {d['dropout']})")
     a("--epochs", type=int, help=f"total epochs (default {d['epochs']})")
     a("--head-epochs", type=int, help=f"first epochs that train the heads only (default {d['head_epochs']})")

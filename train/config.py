@@ -38,6 +38,7 @@ class TrainConfig:
     image_size: int = 299
     resize: str = "squash"
     pool: str = "avgmax"
+    last_block: str = "Mixed_7c"
     dropout: float = 0.5
     epochs: int = 6
     head_epochs: int = 1
@@ -132,6 +133,8 @@ class TrainConfig:
                 f"--threshold-rule {self.threshold_rule!r}: allowed are {', '.join(metrics_lib.THRESHOLD_RULES)}"
             )
         model_lib.block_index(self.unfreeze_from)
+        if self.last_block not in model_lib.LAST_BLOCKS:
+            raise ValueError(f"--last-block {self.last_block!r}: allowed are {', '.join(model_lib.LAST_BLOCKS)}")
         aux_trains = model_lib.block_index(self.unfreeze_from) <= model_lib.BLOCKS.index(model_lib.AUX_AFTER)
         if self.aux_weight > 0 and aux_trains and self.image_size < AUX_MIN_SIZE:
             raise ValueError(

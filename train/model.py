@@ -28,6 +28,10 @@ BLOCKS: tuple[str, ...] = (
     "Mixed_7a", "Mixed_7b", "Mixed_7c",
 )  # fmt: skip
 AUX_AFTER = "Mixed_6e"
+# Blocks the head may sit on, with their output channels: ``Mixed_7c`` is the full network;
+# ``Mixed_6e`` keeps the 17x17 stage (22 x 22 cells at 384 px), a finer map for small marks
+# at about half the compute of training from Mixed_6e through Mixed_7c.
+LAST_BLOCKS: dict[str, int] = {"Mixed_6e": 768, "Mixed_7a": 1280, "Mixed_7b": 2048, "Mixed_7c": 2048}
 POOLS = ("avg", "max", "avgmax")
 HEAD = "head"  # pseudo block name: only the classifier heads train
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,10 +84,14 @@ class WatermarkNet(nn.Module):
 
     ``pool="avgmax"`` concatenates global average and global max pooling of the
     last feature map: a small, local watermark moves the max even when it barely
-    moves the average.
+    moves the average. ``last_block`` is the block the head sits on (a key of
+    :data:`LAST_BLOCKS`); the blocks after it are replaced by identities and hold no
+    weights. Build with the full network to load backbone weights, then
+    :meth:`cut_after` (as :func:`build_model` does), or pass ``last_block`` to rebuild a
+    trained model's layout before loading its state dict.
     """
 
-    def __init__(self, *, pool: str = "avgmax", dropout: float = 0.5) -> None:
+    def __init__(self, *, pool: str = "avgmax", dropout: float = 0.5, last_block: str = "Mixed_7c") -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r}: allowed are {', '.join(POOLS)}")
@@ -98,6 +106,22 @@ class WatermarkNet(nn.Module):
         net.fc = nn.Linear(width, 1)
         net.dropout = nn.Dropout(dropout)
         self.net = net
+        self.last_block = BLOCKS[-1]
+        if last_block != BLOCKS[-1]:
+            self.cut_after(last_block)
+
+    def cut_after(self, last_block: str) -> None:
+        """Put the head on ``last_block``: later blocks become identities, ``fc`` a new layer of its width."""
+        if last_block not in LAST_BLOCKS:
+            raise ValueError(f"last_block={last_block!r}: allowed are {', '.join(LAST_BLOCKS)}")
+        if BLOCKS.index(last_block) > BLOCKS.index(self.last_block):
+            raise ValueError(f"last_block={last_block!r}: the model already ends at {self.last_block}")
+        for name in BLOCKS[BLOCKS.index(last_block) + 1 :]:
+            setattr(self.net, name, nn.Identity())
+        width = LAST_BLOCKS[last_block] * (2 if self.pool == "avgmax" else 1)
+        if self.net.fc.in_features != width:
+            self.net.fc = nn.Linear(width, 1)
+        self.last_block = last_block
 
     def block(self, name: str) -> nn.Module:
         return getattr(self.net, name)
@@ -172,14 +196,17 @@ def block_index(name: str) -> int:
     return BLOCKS.index(name)
 
 
-def build_model(weights: str, *, pool: str = "avgmax", dropout: float = 0.5) -> tuple[WatermarkNet, str]:
-    """Build the classifier and load backbone weights.
+def build_model(
+    weights: str, *, pool: str = "avgmax", dropout: float = 0.5, last_block: str = "Mixed_7c"
+) -> tuple[WatermarkNet, str]:
+    """Build the classifier, load backbone weights and put the head on ``last_block``.
 
     Returns:
         The model and the input normalisation its weights expect.
     """
     model = WatermarkNet(pool=pool, dropout=dropout)
     normalization = weights_lib.load_pretrained_backbone(model.net, weights)
+    model.cut_after(last_block)
     return model, normalization
 
 

@@ -6,11 +6,17 @@ evaluation on them stays honest) onto the clean training photos before training 
 ``K`` is the number of marked copies per clean photo; a fraction marks a seeded share of
 the photos (``0.5``: every other photo on average, one copy each).
 
-Every marked photo is paired with a *clean twin*: the same decoded original, saved as a
-JPEG of the same quality. The twin replaces the original in training, so the two members
-of a pair differ only by the mark and never by their JPEG history (a shortcut a model
-would otherwise learn: "re-encoded means watermarked"). A pair shares one batch and one
-side of every split. Files are ordinary images under ``OUTPUT/overlay/``, written
+Every marked copy is paired with its original, which stays in training as the clean
+member of the pair, and has the original's JPEG history: a JPEG original's marked copy is
+saved with the original's own quantisation tables and chroma subsampling, so re-encoding
+changes the unmarked blocks by rounding only; any other original's marked copy is saved
+losslessly (PNG). The two members of a pair therefore differ by the mark, not by a JPEG
+generation (a shortcut a model would otherwise learn). An earlier design replaced the
+original by a re-encoded *clean twin*; with every clean photo marked, that left the
+original JPEG history only on the dataset's own positives, so clean uploads, which keep
+it, looked more like watermarked ones. A declared pair (``pairs.csv``) keeps its key, so
+the dataset's watermarked version, the original and its marked copies share one batch
+and one side of every split. Files are ordinary images under ``OUTPUT/overlay/``, written
 atomically once per (source bytes, seed, font set) and reused by later runs, so the
 feature cache treats them like any other image.
 
@@ -28,9 +34,10 @@ import logging
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from handler.preprocess import ImageDecodeError, load_image_file
 from train.data import Sample
@@ -39,7 +46,7 @@ from train.io import write_bytes_atomic
 log = logging.getLogger(__name__)
 
 STYLE_SPLIT = "train"  # never the held-out pool: those styles measure generalisation
-JPEG_QUALITY = (80, 95)  # one quality per pair, shared by the twin and its marked copies
+LAYOUT = "h2"  # folder-name suffix of this file layout: marks in the original's JPEG history
 
 
 def copies_for(rng: random.Random, copies: float) -> int:
@@ -48,36 +55,45 @@ def copies_for(rng: random.Random, copies: float) -> int:
     return whole + (1 if rng.random() < copies - whole else 0)
 
 
-def _jpeg_bytes(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+def _jpeg_history(source: Path) -> dict | None:
+    """The source's JPEG encoder settings (quantisation tables, subsampling); None if it is no JPEG."""
+    with Image.open(source) as original:
+        if original.format != "JPEG" or not getattr(original, "quantization", None):
+            return None
+        sampling = JpegImagePlugin.get_sampling(original)
+        return {"qtables": original.quantization, "subsampling": sampling if sampling >= 0 else "4:2:0"}
 
 
-def _render_pair(source: Path, folder: Path, count: int, seed_text: str) -> tuple[Path, list[Path]] | None:
-    """Write (once) the clean twin and ``count`` marked copies of ``source``; None if unreadable."""
+def _render_marks(source: Path, folder: Path, count: int, seed_text: str) -> list[Path] | None:
+    """Write (once) ``count`` marked copies of ``source`` in its history; None if it is unreadable.
+
+    A JPEG source's copies are JPEGs with its quantisation tables and subsampling; any
+    other source's copies are lossless PNGs.
+    """
     from train.synth import render_watermark
 
-    twin = folder / "clean.jpg"
-    marked = [folder / f"mark-{k}.jpg" for k in range(count)]
-    if twin.exists() and all(p.exists() for p in marked):
-        return twin, marked
     try:
+        history = _jpeg_history(source)
+        marked = [folder / f"mark-{k}{'.jpg' if history else '.png'}" for k in range(count)]
+        if all(path.exists() for path in marked):
+            return marked
         image = load_image_file(source)
-    except ImageDecodeError as exc:
+    except (ImageDecodeError, OSError) as exc:  # PIL's UnidentifiedImageError is an OSError
         log.warning("overlay: skipping %s (%s)", source, exc)
         return None
-    quality = random.Random(f"{seed_text}:quality").randint(*JPEG_QUALITY)
     for k, path in enumerate(marked):
-        rng = random.Random(f"{seed_text}:{k}")
-        mark, _ = render_watermark(image, rng, split=STYLE_SPLIT, jpeg_prob=0.0)
-        write_bytes_atomic(path, _jpeg_bytes(mark, quality))
-    write_bytes_atomic(twin, _jpeg_bytes(image, quality))  # last: its presence marks the folder complete
-    return twin, marked
+        mark, _ = render_watermark(image, random.Random(f"{seed_text}:{k}"), split=STYLE_SPLIT, jpeg_prob=0.0)
+        buffer = io.BytesIO()
+        if history:
+            mark.save(buffer, format="JPEG", **history)
+        else:
+            mark.save(buffer, format="PNG")
+        write_bytes_atomic(path, buffer.getvalue())
+    return marked
 
 
 def add_overlay_pairs(samples: Sequence[Sample], out_dir: Path, *, copies: float, seed: int) -> list[Sample]:
-    """The training samples with synthetic pairs: chosen clean photos become (twin, marked copies).
+    """The training samples followed by marked copies of chosen clean photos, paired with them.
 
     Args:
         samples: training samples; only negatives are marked, positives pass through.
@@ -86,9 +102,8 @@ def add_overlay_pairs(samples: Sequence[Sample], out_dir: Path, *, copies: float
         seed: run seed; the same seed and source bytes give the same files.
 
     Returns:
-        ``samples`` with every chosen clean photo replaced by its clean twin, followed by
-        the marked copies (label 1); twin and copies share the original's ``group`` and a
-        ``pair`` key.
+        ``samples`` (a chosen clean photo gets a pair key when it had none), followed by
+        the marked copies (label 1), which share the original's ``group`` and pair key.
     """
     if not (copies >= 0 and math.isfinite(copies)):
         raise ValueError(f"--overlay-negatives {copies}: must be a number >= 0")
@@ -103,17 +118,16 @@ def add_overlay_pairs(samples: Sequence[Sample], out_dir: Path, *, copies: float
         for sample in samples:
             digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()[:16] if sample.label == 0 else ""
             count = copies_for(random.Random(f"{digest}:{seed}:count"), copies) if digest else 0
-            folder = out_dir / f"{digest}-{seed}-{font_set}"
-            rendered = _render_pair(sample.path, folder, count, f"{digest}:{seed}") if count else None
-            if rendered is None:
+            folder = out_dir / f"{digest}-{seed}-{font_set}-{LAYOUT}"
+            marked = _render_marks(sample.path, folder, count, f"{digest}:{seed}") if count else None
+            if not marked:
                 kept.append(sample)
                 continue
-            twin, marked = rendered
-            pair = f"overlay:{digest}-{seed}"
-            kept.append(Sample(twin, 0, group=sample.group, pair=pair))
+            pair = sample.pair or f"overlay:{digest}-{seed}"
+            kept.append(replace(sample, pair=pair))
             made.extend(Sample(path, 1, group=sample.group, pair=pair) for path in marked)
     log.info(
         "overlay: %d synthetic positives paired with %d clean photos (%d declared font files, set %s)",
-        len(made), sum(1 for s in kept if s.pair and s.pair.startswith("overlay:")), fonts["font_files"], font_set,
+        len(made), len({s.pair for s in made}), fonts["font_files"], font_set,
     )
     return kept + made

@@ -246,7 +246,9 @@ def prepare_data(run: Run) -> PreparedData:
 
 def build_network(config: TrainConfig, resume_state: dict[str, Any] | None) -> Network:
     """The model with its backbone weights (or the resumed ones), on the run's device."""
-    model, normalization = model_lib.build_model(config.weights, pool=config.pool, dropout=config.dropout)
+    model, normalization = model_lib.build_model(
+        config.weights, pool=config.pool, dropout=config.dropout, last_block=config.last_block
+    )
     spec = PreprocessSpec.for_weights(normalization, image_size=config.image_size, resize=config.resize)
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
