@@ -206,14 +206,12 @@ def prepare_export(export: Path | None, workdir: Path, image_size: int, backends
 
 
 def eager_model(bundle: Path) -> torch.nn.Module:
-    from train.model import WatermarkNet
+    from train.model import model_from_config
 
     info_path = bundle / "model_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     config = info.get("config", {})
-    return WatermarkNet(
-        pool=config.get("pool", "avgmax"), dropout=config.get("dropout", 0.5), last_block=config.get("last_block", "Mixed_7c")
-    ).eval()
+    return model_from_config(config).eval()
 
 
 def bf16_torchscript(bundle: Path, size: int) -> torch.jit.ScriptModule:

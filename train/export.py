@@ -316,7 +316,7 @@ DEFAULT_MAX_BATCH = 64
 
 def load_checkpoint(checkpoint: Path) -> tuple[nn.Module, PreprocessSpec, dict[str, Any]]:
     """The eval-mode eager model, its spec and the raw state of a training checkpoint."""
-    from train.model import WatermarkNet
+    from train.model import model_from_config
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -325,7 +325,7 @@ def load_checkpoint(checkpoint: Path) -> tuple[nn.Module, PreprocessSpec, dict[s
     if not isinstance(state, dict) or "model" not in state or "spec" not in state or "config" not in state:
         raise ValueError(f"--checkpoint {checkpoint}: not a training checkpoint of this project")
     config = state["config"]
-    model = WatermarkNet(pool=config["pool"], dropout=config["dropout"], last_block=config.get("last_block", "Mixed_7c"))
+    model = model_from_config(config)
     model.load_state_dict(state["model"])
     return model.eval(), PreprocessSpec.from_dict(state["spec"]), state
 

@@ -102,7 +102,7 @@ class WatermarkNet(nn.Module):
             weights=None, aux_logits=True, init_weights=False, transform_input=False, num_classes=1
         )
         net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, 1)
-        width = 2048 * (2 if pool == "avgmax" else 1)
+        width = LAST_BLOCKS[BLOCKS[-1]] * (2 if pool == "avgmax" else 1)
         net.fc = nn.Linear(width, 1)
         net.dropout = nn.Dropout(dropout)
         self.net = net
@@ -194,6 +194,15 @@ def block_index(name: str) -> int:
     if name not in BLOCKS:
         raise ValueError(f"block {name!r}: allowed are {HEAD!r} or one of {', '.join(BLOCKS)}")
     return BLOCKS.index(name)
+
+
+def model_from_config(config: dict) -> WatermarkNet:
+    """An untrained model in the layout a saved training config describes (pool, dropout,
+    head's block), ready for that run's state dict; configs from before an option exist
+    get its default."""
+    return WatermarkNet(
+        pool=config.get("pool", "avgmax"), dropout=config.get("dropout", 0.5), last_block=config.get("last_block", BLOCKS[-1])
+    )
 
 
 def build_model(
